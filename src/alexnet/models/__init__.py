@@ -1,0 +1,19 @@
+"""Models: the paper's AlexNet and its variants, behind one registry."""
+
+from . import alexnet as _alexnet  # noqa: F401  (registers alexnet, alexnet-1gpu, caffenet, alexnet-small)
+from . import convlocal as _convlocal  # noqa: F401  (registers conv-local)
+from . import owt as _owt  # noqa: F401  (registers alexnet-owt)
+from .activations import activations, layer_names, paper_layers
+from .lrn import LocalResponseNorm, local_response_norm
+from .registry import create_model, list_models, model_entry
+
+__all__ = [
+    "LocalResponseNorm",
+    "activations",
+    "create_model",
+    "layer_names",
+    "list_models",
+    "local_response_norm",
+    "model_entry",
+    "paper_layers",
+]

@@ -1,0 +1,66 @@
+"""Named-layer activations: fc7 is the paper's 4096-d image descriptor (section 6.1).
+
+A layer is named either by its paper name ("conv1" ... "conv5", "pool5", "fc6", "fc7", "fc8",
+"local3", ...), which means the layer's output after its nonlinearity (what the paper calls
+the layer's activations, e.g. fc7 = ReLU(W7 h6 + b7)), or by a module path from
+`model.named_modules()` ("features.conv1", "classifier.fc7", "features.norm1"), which means
+that module's raw output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+
+
+def paper_layers(model: nn.Module) -> dict[str, str]:
+    """Paper layer name -> module path whose output is that layer's activation."""
+    modules = dict(model.named_modules())
+    table: dict[str, str] = {}
+    for path in modules:
+        prefix, _, short = path.rpartition(".")
+        for kind in ("conv", "fc", "local"):
+            if short.startswith(kind) and short[len(kind) :].isdigit():
+                idx = short[len(kind) :]
+                act = f"{prefix}.act{idx}" if prefix else f"act{idx}"
+                table[short] = act if act in modules else path
+        if short.startswith("pool") and short[4:].isdigit():
+            table[short] = path
+    table.update(getattr(model, "paper_layer_paths", {}))
+    return table
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Every name `activations` accepts: paper names first, then module paths."""
+    return list(paper_layers(model)) + [n for n, _ in model.named_modules() if n]
+
+
+def _resolve(model: nn.Module, name: str) -> nn.Module:
+    table = paper_layers(model)
+    modules = dict(model.named_modules())
+    path = table.get(name, name)
+    if path not in modules or not path:
+        raise ConfigError(f"model has no layer {name!r}; paper layers: {', '.join(table)} (or a module path)")
+    return modules[path]
+
+
+def activations(model: nn.Module, x: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
+    """Run `model(x)` and return the outputs of the named layers (copies: in-place ReLUs can't touch them)."""
+    targets = {name: _resolve(model, name) for name in layers}
+    found: dict[str, Tensor] = {}
+    handles = []
+    for name, module in targets.items():
+
+        def hook(_m: nn.Module, _inp: object, out: Tensor, name: str = name) -> None:
+            found[name] = out.clone()
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return found

@@ -1,0 +1,78 @@
+"""Building blocks shared by the model files: activations, pooling choices, the locally connected layer."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+
+ACTIVATIONS = ("relu", "tanh")
+POOLINGS = ("overlap", "non-overlap")
+
+
+def make_activation(name: str) -> nn.Module:
+    """ReLU (the paper, section 3.1) or tanh (the saturating baseline of Fig. 1)."""
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    if name == "tanh":
+        return nn.Tanh()
+    raise ConfigError(f"unknown activation {name!r}; choose one of {ACTIVATIONS}")
+
+
+def pool_geometry(pooling: str) -> tuple[int, int]:
+    """(kernel, stride): 3x3/2 overlapping (section 3.4) or the traditional 2x2/2."""
+    if pooling == "overlap":
+        return 3, 2
+    if pooling == "non-overlap":
+        return 2, 2
+    raise ConfigError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
+
+
+def make_pool(pooling: str, padding: int = 0, ceil_mode: bool = False) -> nn.MaxPool2d:
+    kernel, stride = pool_geometry(pooling)
+    if kernel == 2:  # 2x2/2 reaches the same output sizes without the overlap's padding
+        padding = 0
+    return nn.MaxPool2d(kernel, stride, padding=padding, ceil_mode=ceil_mode)
+
+
+class LocallyConnected2d(nn.Module):
+    """A convolution whose filters are not shared across positions (cuda-convnet's `local` layer).
+
+    Weight (out_h * out_w, out_channels, in_channels * k * k); one bias per output unit.
+    The output size is fixed at construction, so the input size must be too.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, input_size: int, padding: int = 0, stride: int = 1
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.padding, self.stride, self.input_size = kernel_size, padding, stride, input_size
+        self.output_size = (input_size + 2 * padding - kernel_size) // stride + 1
+        if self.output_size < 1:
+            raise ConfigError(f"locally connected layer: input {input_size} too small for kernel {kernel_size}")
+        positions = self.output_size**2
+        fan_in = in_channels * kernel_size**2
+        self.weight = nn.Parameter(torch.empty(positions, out_channels, fan_in))
+        self.bias = nn.Parameter(torch.zeros(out_channels, self.output_size, self.output_size))
+        bound = 1 / math.sqrt(fan_in)  # torch's default for conv/linear layers
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, _, h, w = x.shape
+        if h != self.input_size or w != self.input_size:
+            raise ValueError(f"LocallyConnected2d built for {self.input_size}x{self.input_size} input, got {h}x{w}")
+        cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)  # (N, C*k*k, L)
+        out = torch.einsum("ncl,loc->nol", cols, self.weight)  # (N, O, L)
+        return out.reshape(n, self.out_channels, self.output_size, self.output_size) + self.bias
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"padding={self.padding}, input_size={self.input_size}"
+        )

@@ -1,0 +1,83 @@
+"""Model registry: `create_model(name, num_classes, **options)` and `list_models()`."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    factory: Callable[..., nn.Module]
+    description: str
+    defaults: dict[str, Any]
+
+    def options(self) -> dict[str, Any]:
+        """Every option the model takes, with its default (num_classes included)."""
+        return dict(self.defaults)
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    name: str, description: str, defaults: dict[str, Any] | None = None
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register `factory(**options)`. `defaults` lists every option; by default the factory's
+    keyword-only parameters and their defaults."""
+
+    def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        assert name not in _REGISTRY, f"model {name} registered twice"
+        opts = defaults
+        if opts is None:
+            sig = inspect.signature(factory)
+            opts = {p.name: p.default for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY}
+        assert "num_classes" in opts, f"model {name}: options must include num_classes"
+        _REGISTRY[name] = ModelEntry(name, factory, description, dict(opts))
+        return factory
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    """Names of every registered model, in registration order."""
+    return list(_REGISTRY)
+
+
+def model_entry(name: str) -> ModelEntry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(_REGISTRY)}") from None
+
+
+def create_model(name: str, num_classes: int | None = None, **options: Any) -> nn.Module:
+    """Build a registered model. Unknown names and options raise ConfigError naming the valid ones.
+
+    `num_classes` defaults to the model's own default (1000 for the ImageNet nets, 10 for the
+    small ones).
+
+    The returned module carries `arch` (the name) and `config` (every option, resolved), enough
+    to rebuild it: `create_model(m.arch, **m.config)`.
+    """
+    entry = model_entry(name)
+    valid = entry.options()
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ConfigError(f"model {name!r} has no option {', '.join(unknown)}; valid options: {', '.join(valid)}")
+    resolved = {**valid, **options}
+    if num_classes is not None:
+        resolved["num_classes"] = num_classes
+    n = resolved["num_classes"]
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ConfigError(f"num_classes must be a positive integer, got {n!r}")
+    model = entry.factory(**resolved)
+    model.arch = name  # type: ignore[assignment]
+    model.config = resolved  # type: ignore[assignment]
+    return model
