@@ -1,0 +1,62 @@
+"""LRN forward+backward: our kernel against torch.nn.LocalResponseNorm on the same tensor."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+
+from ..models.lrn import LocalResponseNorm, backend_for
+from .timing import alternate, environment
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shape", default="64,96,55,55", help="N,C,H,W of the input (default: conv1's output at batch 64)")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--channels-last", action="store_true", help="time channels_last tensors")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    shape = tuple(int(v) for v in args.shape.split(","))
+    torch.manual_seed(0)
+    x = torch.randn(*shape).relu_()
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    x = x.contiguous(memory_format=fmt)
+    grad = torch.randn_like(x)
+    ours = LocalResponseNorm(5, 1e-4, 0.75, 2.0, convention="per-term")  # the built-in's convention
+    ref = torch.nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+
+    def step(module: torch.nn.Module) -> None:
+        xi = x.detach().requires_grad_()
+        module(xi).backward(grad)
+
+    # correctness on the benchmark tensor itself
+    xa, xb = x.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
+    ya, yb = ref(xa), ours(xb)
+    ya.backward(grad)
+    yb.backward(grad)
+    stats = alternate({"torch.nn.LocalResponseNorm": lambda: step(ref), "alexnet": lambda: step(ours)},
+                      warmup=args.warmup, repeats=args.repeats)  # fmt: skip
+    speedup = stats["torch.nn.LocalResponseNorm"]["median_s"] / stats["alexnet"]["median_s"]
+    return {
+        "benchmark": "lrn forward+backward",
+        "shape": list(shape),
+        "channels_last": args.channels_last,
+        "backend": backend_for(x),
+        "max_abs_diff_forward": (ya - yb).abs().max().item(),
+        "max_abs_diff_grad": (xa.grad - xb.grad).abs().max().item(),  # type: ignore[operator]
+        "results": stats,
+        "speedup": speedup,
+        "env": environment(),
+    }
+
+
+def format_result(r: dict[str, Any]) -> str:
+    lines = [f"LRN forward+backward on {tuple(r['shape'])} float32 (channels_last={r['channels_last']}), backend {r['backend']}"]
+    for name, s in r["results"].items():
+        lines.append(f"  {name:<28} median {s['median_s'] * 1e3:8.1f} ms  (min {s['min_s'] * 1e3:.1f}, max {s['max_s'] * 1e3:.1f}, n={s['repeats']})")
+    lines.append(f"  speed-up {r['speedup']:.2f}x; max |diff| forward {r['max_abs_diff_forward']:.2e}, grad {r['max_abs_diff_grad']:.2e}")
+    lines.append(f"  torch {r['env']['torch']}, {r['env']['cpu_count']} cpus, {r['env']['torch_threads']} threads, commit {r['env']['git_commit']}")
+    return "\n".join(lines)

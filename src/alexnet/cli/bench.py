@@ -1,0 +1,35 @@
+"""`alexnet bench {lrn,train,infer,loader} [...] [--json]`"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+
+from ..bench import KINDS
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="speed benchmarks against plain-PyTorch baselines, measured in one run")
+    kinds = p.add_subparsers(dest="kind", metavar="KIND")
+    kinds.required = True
+    for kind in KINDS:
+        try:
+            module = importlib.import_module(f"alexnet.bench.{kind}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"alexnet.bench.{kind}":
+                raise
+            continue
+        kp = kinds.add_parser(kind, help=(module.__doc__ or "").strip().splitlines()[0])
+        module.add_arguments(kp)
+        kp.add_argument("--json", action="store_true", help="print the result as JSON")
+        kp.set_defaults(func=run, bench_module=module)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = args.bench_module.run(args)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(args.bench_module.format_result(result))
+    return 0
