@@ -1,0 +1,63 @@
+"""Our LRN against torch.nn.LocalResponseNorm (values and gradients), both backends, both layouts."""
+
+import pytest
+import torch
+
+from alexnet.models.lrn import LocalResponseNorm, backend_for, local_response_norm
+
+
+@pytest.fixture(params=["fused", "torch"])
+def backend(request, monkeypatch):
+    monkeypatch.setenv("ALEXNET_LRN_BACKEND", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("size", [5, 3, 4, 9])
+@pytest.mark.parametrize("shape", [(2, 96, 13, 13), (3, 7, 5, 6), (2, 3, 4, 4)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_matches_builtin_values_and_grads(backend, size, shape, channels_last):
+    torch.manual_seed(0)
+    x = (torch.randn(*shape) * 3).relu()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref = torch.nn.LocalResponseNorm(size, alpha=1e-2, beta=0.75, k=2.0)
+    ours = LocalResponseNorm(size, alpha=1e-2, beta=0.75, k=2.0, convention="per-term")
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ref(xa), ours(xb)
+    torch.testing.assert_close(yb, ya, rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(ya)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-4, atol=1e-5)
+    assert backend_for(x) == backend
+
+
+@pytest.mark.parametrize("beta", [0.75, 0.5, 1.0, 0.6])
+def test_betas(backend, beta):
+    x = torch.randn(2, 10, 3, 3)
+    ref = torch.nn.LocalResponseNorm(5, alpha=0.1, beta=beta, k=1.0)
+    torch.testing.assert_close(local_response_norm(x, 5, 0.1, beta, 1.0, "per-term"), ref(x), rtol=1e-5, atol=1e-6)
+
+
+def test_paper_convention_is_alpha_on_the_sum(backend):
+    x = torch.randn(2, 8, 3, 3)
+    # paper: k + alpha * sum == torch's k + (alpha*n)/n * sum
+    ref = torch.nn.LocalResponseNorm(5, alpha=1e-4 * 5, beta=0.75, k=2.0)
+    torch.testing.assert_close(local_response_norm(x, convention="paper"), ref(x))
+    # and by hand, one element: channel 3 sees channels 1..5
+    a = x[0, :, 1, 1].double()
+    expected = a[3] / (2 + 1e-4 * (a[1:6] ** 2).sum()) ** 0.75
+    assert local_response_norm(x)[0, 3, 1, 1].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_gradcheck_double_uses_torch_backend():
+    x = torch.randn(1, 6, 2, 2, dtype=torch.float64, requires_grad=True)
+    assert backend_for(x) == "torch"
+    assert torch.autograd.gradcheck(lambda t: local_response_norm(t, 3, 0.5, 0.75, 1.0), (x,))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="convention"):
+        LocalResponseNorm(convention="caffe")
+    with pytest.raises(ValueError, match="N, C"):
+        local_response_norm(torch.randn(5, 5))

@@ -1,0 +1,218 @@
+"""Every registered model: shapes, pinned parameter counts, init statistics, options, layer access."""
+
+import pytest
+import torch
+
+import alexnet
+from alexnet.errors import ConfigError
+from alexnet.models import activations, create_model, list_models, model_entry
+
+PARAMS = {
+    "alexnet": 60_965_224,
+    "alexnet-1gpu": 62_378_344,
+    "caffenet": 60_965_224,
+    "alexnet-owt": 61_100_840,
+    "alexnet-small": None,  # sized for the demo; pinned below by its own formula
+    "conv-local": None,
+}
+
+
+def _input(name: str, batch: int = 2, size: int | None = None) -> torch.Tensor:
+    opts = model_entry(name).options()
+    side = size or opts.get("input_size", 224)
+    return torch.randn(batch, opts.get("in_chans", 3), side, side)
+
+
+def test_registry_lists_every_model():
+    assert set(list_models()) == set(PARAMS)
+
+
+@pytest.mark.parametrize("name", list(PARAMS))
+def test_forward_shape_and_finite(name):
+    model = create_model(name, num_classes=7).eval()
+    with torch.no_grad():
+        y = model(_input(name))
+    assert y.shape == (2, 7)
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", [n for n, p in PARAMS.items() if p])
+def test_pinned_parameter_counts(name):
+    model = create_model(name)
+    assert sum(p.numel() for p in model.parameters()) == PARAMS[name]
+
+
+def test_small_and_convlocal_parameter_counts():
+    # alexnet-small: conv 5x5x1x64, 5x5x32x128 (g=2), 3x3x128x192, 3x3x96x192 (g=2), 3x3x96x128 (g=2), fc 1152-512-512-10
+    small = create_model("alexnet-small")
+    expect = (25 * 64 + 64) + (25 * 32 * 128 + 128) + (9 * 128 * 192 + 192) + (9 * 96 * 192 + 192)
+    expect += (9 * 96 * 128 + 128) + (1152 * 512 + 512) + (512 * 512 + 512) + (512 * 10 + 10)
+    assert sum(p.numel() for p in small.parameters()) == expect
+    # conv-local: conv 5x5x3x64, 5x5x64x64, two local layers on 8x8 (64 positions, unshared), fc 2048 -> 10
+    net = create_model("conv-local")
+    expect = (75 * 64 + 64) + (25 * 64 * 64 + 64) + (64 * 32 * 576 + 32 * 64) + (64 * 32 * 288 + 32 * 64) + 2048 * 10 + 10
+    assert sum(p.numel() for p in net.parameters()) == expect
+
+
+@pytest.mark.parametrize("name", ["alexnet", "alexnet-1gpu", "caffenet", "alexnet-owt"])
+@pytest.mark.parametrize("side", [224, 227])
+def test_224_and_227_reach_55_and_6x6(name, side):
+    model = create_model(name, num_classes=3).eval()
+    acts = activations(model, torch.randn(1, 3, side, side), ["conv1", "pool5"])
+    if name == "alexnet-owt" and side == 227:  # torchvision pads conv1 by 2: 227 -> 56, then its avgpool -> 6x6
+        assert acts["conv1"].shape[-1] == 56
+    else:
+        assert acts["conv1"].shape[-2:] == (55, 55)
+    assert acts["pool5"].shape[1:] == (256, 6, 6)
+
+
+def test_224_is_padded_right_bottom_only():
+    model = create_model("alexnet", num_classes=3).eval()
+    x = torch.randn(1, 3, 224, 224)
+    padded = torch.zeros(1, 3, 227, 227)
+    padded[..., :224, :224] = x
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(padded))
+
+
+def test_grouped_structure():
+    m = create_model("alexnet")
+    f = m.features
+    assert [f.conv1.groups, f.conv2.groups, f.conv3.groups, f.conv4.groups, f.conv5.groups] == [1, 2, 1, 2, 2]
+    assert f.conv2.weight.shape == (256, 48, 5, 5)
+    assert f.conv3.weight.shape == (384, 256, 3, 3)  # conv3 sees both towers
+    assert f.conv4.weight.shape == (384, 192, 3, 3)
+    assert f.conv5.weight.shape == (256, 192, 3, 3)
+    # tower independence: conv2's first 128 outputs depend only on conv1's first 48 maps
+    x = torch.randn(1, 96, 27, 27, requires_grad=True)
+    f.conv2(x)[:, :128].sum().backward()
+    assert x.grad[:, 48:].abs().max() == 0 and x.grad[:, :48].abs().max() > 0
+    one = create_model("alexnet-1gpu").features
+    assert all(getattr(one, f"conv{i}").groups == 1 for i in range(1, 6))
+
+
+def test_layer_order_paper_vs_caffenet():
+    paper = [n for n, _ in create_model("alexnet").features.named_children()]
+    caffe = [n for n, _ in create_model("caffenet").features.named_children()]
+    assert paper[:4] == ["conv1", "act1", "norm1", "pool1"]
+    assert caffe[:4] == ["conv1", "act1", "pool1", "norm1"]
+
+
+@pytest.mark.parametrize("name", ["alexnet", "alexnet-1gpu", "caffenet", "alexnet-small"])
+def test_paper_init_statistics(name):
+    torch.manual_seed(1)
+    m = create_model(name)
+    named = dict(m.named_modules())
+    for layer in ("conv1", "conv2", "conv3", "conv4", "conv5"):
+        mod = named[f"features.{layer}"]
+        w = mod.weight.detach()
+        assert abs(w.mean().item()) < 2e-3
+        assert w.std().item() == pytest.approx(0.01, rel=0.1 if w.numel() > 5000 else 0.25)
+        expected_bias = 1.0 if layer in ("conv2", "conv4", "conv5") else 0.0
+        assert torch.all(mod.bias == expected_bias)
+    for layer, bias in (("fc6", 1.0), ("fc7", 1.0), ("fc8", 0.0)):
+        mod = named[f"classifier.{layer}"]
+        assert mod.weight.std().item() == pytest.approx(0.01, rel=0.05)
+        assert torch.all(mod.bias == bias)
+
+
+def test_pytorch_init_option_differs():
+    m = create_model("alexnet", init="pytorch")
+    assert not torch.all(m.features.conv2.bias == 1.0)
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"activation": "tanh"},
+        {"lrn": False},
+        {"lrn_convention": "per-term"},
+        {"pooling": "non-overlap"},
+        {"dropout": 0.0},
+        {"drop_layer": "conv3"},
+        {"drop_layer": "conv5"},
+        {"in_chans": 1},
+    ],
+)
+@pytest.mark.parametrize("name", ["alexnet", "alexnet-small"])
+def test_options(name, option):
+    model = create_model(name, num_classes=5, **option).eval()
+    x = _input(name)
+    if "in_chans" in option:
+        x = x[:, :1]
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == (2, 5) and torch.isfinite(y).all()
+    names = dict(model.named_modules())
+    if option.get("activation") == "tanh":
+        assert isinstance(names["features.act1"], torch.nn.Tanh)
+    if option.get("lrn") is False:
+        assert "features.norm1" not in names
+    if option.get("pooling") == "non-overlap":
+        assert names["features.pool1"].kernel_size == 2
+    if option.get("dropout") == 0.0:
+        assert "classifier.drop6" not in names
+    if "drop_layer" in option:
+        assert f"features.{option['drop_layer']}" not in names
+
+
+def test_drop_layer_removes_its_parameters():
+    full = sum(p.numel() for p in create_model("alexnet").parameters())
+    no3 = create_model("alexnet", drop_layer="conv3")
+    # conv3 gone; conv4 now reads conv2's 256 maps (g=2: 128 per tower) instead of 384
+    assert no3.features.conv4.weight.shape == (384, 128, 3, 3)
+    assert sum(p.numel() for p in no3.parameters()) < full
+
+
+def test_dropout_is_on_fc6_fc7_outputs():
+    head = [n for n, _ in create_model("alexnet").classifier.named_children()]
+    assert head == ["fc6", "act6", "drop6", "fc7", "act7", "drop7", "fc8"]
+    owt = create_model("alexnet-owt").classifier
+    assert isinstance(owt[0], torch.nn.Dropout) and isinstance(owt[3], torch.nn.Dropout)
+
+
+def test_unknown_model_and_option_errors_name_the_valid_ones():
+    with pytest.raises(ConfigError, match="valid models: alexnet"):
+        create_model("resnet50")
+    with pytest.raises(ConfigError, match="no option colour.*valid options"):
+        create_model("alexnet", colour=True)
+    with pytest.raises(ConfigError, match="activation"):
+        create_model("alexnet", activation="gelu")
+    with pytest.raises(ConfigError, match="drop_layer"):
+        create_model("alexnet", drop_layer="conv1")
+    with pytest.raises(ConfigError, match="num_classes"):
+        create_model("alexnet", num_classes=0)
+
+
+def test_config_round_trip():
+    m = create_model("alexnet-small", num_classes=4, activation="tanh")
+    again = create_model(m.arch, **m.config)
+    assert again.config == m.config
+    assert [k for k in again.state_dict()] == [k for k in m.state_dict()]
+
+
+def test_forward_features_head_split():
+    m = create_model("alexnet", num_classes=10).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        feats = m.forward_features(x)
+        assert feats.shape == (2, 256, 6, 6)
+        torch.testing.assert_close(m.forward_head(feats), m(x))
+
+
+def test_fc7_activation_is_the_4096d_relu_output():
+    m = create_model("alexnet", num_classes=10).eval()
+    x = torch.randn(2, 3, 224, 224)
+    acts = activations(m, x, ["fc7", "classifier.fc7", "pool5"])
+    assert acts["fc7"].shape == (2, 4096)
+    torch.testing.assert_close(acts["fc7"], acts["classifier.fc7"].relu())
+    with torch.no_grad():
+        manual = m.classifier.fc7(m.classifier.fc6(acts["pool5"].flatten(1)).relu()).relu()
+    torch.testing.assert_close(acts["fc7"], manual)
+    with pytest.raises(ConfigError, match="no layer"):
+        activations(m, x, ["fc9"])
+
+
+def test_top_level_api():
+    assert alexnet.create_model is create_model
+    assert "alexnet" in alexnet.list_models()
