@@ -51,8 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ..runtime import tune_allocator
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_allocator()  # before any tensor is allocated (see runtime.py)
     try:
         return int(args.func(args) or 0)
     except AlexNetError as exc:
