@@ -1,0 +1,158 @@
+"""ImageNet (ILSVRC-2012) as people keep it (PAPER.md section 2).
+
+    train/<wnid>/*.JPEG
+    val/<wnid>/*.JPEG                      (re-sorted), or
+    val/ILSVRC2012_val_00000001.JPEG ...   (flat) + the devkit's ground truth and id -> wnid map
+
+The devkit (ILSVRC2012_devkit_t12) is looked for in --devkit, then inside the source folder.
+Its `data/ILSVRC2012_validation_ground_truth.txt` holds one ILSVRC2012_ID per line in sorted
+val filename order; `data/meta.mat` maps ILSVRC2012_ID -> wnid and words (read with scipy
+when installed). A plain text map, `data/meta.txt` with lines "ILSVRC2012_ID wnid [words]",
+works without scipy. Human-readable names come from meta.mat/meta.txt words or from a
+LOC_synset_mapping.txt-style file ("n01440764 tench, Tinca tinca").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from .sources import WNID, Source, Split, class_dirs, files_by_class, list_images
+
+GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
+
+
+def looks_like_imagenet(path: Path) -> bool:
+    train = path / "train"
+    if not train.is_dir():
+        return False
+    dirs = class_dirs(train)
+    return bool(dirs) and all(WNID.match(d) for d in dirs)
+
+
+def imagenet(path: Path, devkit: str | None = None, synsets: str | None = None) -> Source:
+    wnids = class_dirs(path / "train")
+    splits = {"train": files_by_class(path / "train", wnids, "train")}
+    kit = find_devkit(path, devkit)
+    meta = read_meta(kit) if kit is not None else None
+    val = path / "val"
+    info: dict = {"devkit": str(kit) if kit else None}
+    if val.is_dir():
+        present = class_dirs(val)
+        if present:
+            unknown = sorted(set(present) - set(wnids))
+            if unknown:
+                raise DataError(f"{val} has wnids not in train/: {', '.join(unknown[:5])}")
+            split = files_by_class(val, present, "val")
+            split.labels = np.asarray([wnids.index(w) for w in present], np.int64)[split.labels]
+            splits["val"] = split
+            info["val_layout"] = "folders"
+        else:
+            splits["val"] = flat_val(val, wnids, kit, meta)
+            info["val_layout"] = "flat+devkit"
+    words = dict(meta[1]) if meta else {}
+    if synsets:
+        words.update(read_synsets(Path(synsets), wnids))
+    descriptions = [words.get(w, w) for w in wnids]
+    names = short_names(descriptions, wnids) if words else list(wnids)
+    source = Source("imagenet", str(path), list(wnids), names, splits, info=info)
+    source.info["class_descriptions"] = descriptions
+    return source
+
+
+def find_devkit(root: Path, devkit: str | None) -> Path | None:
+    """The devkit folder (the one holding data/), from --devkit or inside the source."""
+    if devkit is not None:
+        d = Path(devkit)
+        if not d.exists():
+            raise DataError(f"devkit {devkit} does not exist")
+        if d.is_file():
+            return d.parent.parent if d.parent.name == "data" else d.parent
+        return d.parent if d.name == "data" else d
+    for cand in [root, *sorted(root.glob("ILSVRC2012_devkit*")), root / "devkit"]:
+        if (cand / "data").is_dir() and any((cand / "data" / f).exists() for f in (GROUND_TRUTH, "meta.mat", "meta.txt")):
+            return cand
+    return None
+
+
+def read_meta(kit: Path) -> tuple[dict[int, str], dict[str, str]] | None:
+    """ILSVRC2012_ID -> wnid and wnid -> words, from data/meta.txt or data/meta.mat (scipy)."""
+    txt, mat = kit / "data" / "meta.txt", kit / "data" / "meta.mat"
+    if txt.is_file():
+        ids, words = {}, {}
+        for n, line in enumerate(txt.read_text().splitlines(), 1):
+            parts = line.split(None, 2)
+            if not parts:
+                continue
+            if len(parts) < 2 or not parts[0].isdigit() or not WNID.match(parts[1]):
+                raise DataError(f"{txt}:{n}: expected 'ILSVRC2012_ID wnid [words]', got {line!r}")
+            ids[int(parts[0])] = parts[1]
+            words[parts[1]] = parts[2].strip() if len(parts) > 2 else parts[1]
+        return ids, words
+    if mat.is_file():
+        try:
+            import scipy.io
+        except ImportError:
+            raise DataError(
+                f"reading {mat} needs scipy (pip install scipy); or put a text map {txt} "
+                "with lines 'ILSVRC2012_ID wnid words'"
+            ) from None
+        synsets = scipy.io.loadmat(str(mat), squeeze_me=True)["synsets"]
+        ids, words = {}, {}
+        for s in synsets:
+            if int(s["num_children"]) == 0:  # the 1000 leaf classes
+                ids[int(s["ILSVRC2012_ID"])] = str(s["WNID"])
+                words[str(s["WNID"])] = str(s["words"])
+        return ids, words
+    return None
+
+
+def flat_val(val: Path, wnids: list[str], kit: Path | None, meta: tuple | None) -> Split:
+    files = list_images(val)
+    if not files:
+        raise DataError(f"{val} has neither <wnid>/ folders nor images")
+    gt = kit / "data" / GROUND_TRUTH if kit else None
+    if gt is None or not gt.is_file():
+        raise DataError(f"{val} is flat: need the devkit's data/{GROUND_TRUTH} (give --devkit PATH)")
+    if meta is None:
+        raise DataError(f"{val} is flat: need the devkit's data/meta.mat or data/meta.txt to map ids to wnids")
+    ids = [int(t) for t in gt.read_text().split()]
+    if len(ids) != len(files):
+        raise DataError(f"{gt} has {len(ids)} labels but {val} has {len(files)} images")
+    index = {w: i for i, w in enumerate(wnids)}
+    try:
+        labels = [index[meta[0][i]] for i in ids]
+    except KeyError as exc:
+        raise DataError(f"{gt}: id or wnid {exc} is not among the train classes") from None
+    return Split("val", np.asarray(labels, np.int64), paths=files)
+
+
+def read_synsets(path: Path, class_ids: list[str]) -> dict[str, str]:
+    """id -> words from a 'wnid words, more words' file (LOC_synset_mapping.txt); all class_ids must be there."""
+    if not path.is_file():
+        raise DataError(f"synset list {path} does not exist")
+    words = {}
+    for line in path.read_text().splitlines():
+        parts = line.split(None, 1)
+        if parts:
+            words[parts[0]] = parts[1].strip() if len(parts) > 1 else parts[0]
+    missing = [c for c in class_ids if c not in words]
+    if missing:
+        raise DataError(f"synset list {path} lacks {len(missing)} classes, e.g. {missing[0]}")
+    return words
+
+
+def names_from_synsets(path: Path, class_ids: list[str]) -> list[str]:
+    words = read_synsets(path, class_ids)
+    return short_names([words[c] for c in class_ids], class_ids)
+
+
+def short_names(descriptions: list[str], ids: list[str]) -> list[str]:
+    """First synonym of each description; ImageNet repeats some ("crane", "maillot"), so those get their id."""
+    first = [d.split(",")[0].strip() for d in descriptions]
+    counts: dict[str, int] = {}
+    for f in first:
+        counts[f] = counts.get(f, 0) + 1
+    return [f if counts[f] == 1 else f"{f} ({i})" for f, i in zip(first, ids)]

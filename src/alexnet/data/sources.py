@@ -1,0 +1,173 @@
+"""Where images come from: one `Source` (classes + splits of files or arrays) for every kind of dataset.
+
+`resolve_source(spec)` accepts
+  a path            auto-detected: ImageNet layout (train/<wnid>/...), a cifar-10-batches-py
+                    folder, a folder of idx files (Fashion-MNIST, MNIST), or a class-per-folder tree;
+  fashion-mnist[:PATH]   Debian's /usr/share/datasets/fashion-mnist, PATH, or the upstream download;
+  cifar10:PATH      CIFAR-10 python batches;
+  synthetic[:k=v,...]    generated images with class-dependent structure (see arrays.synthetic).
+Class index = sorted class-id order (folder names / wnids), the torchvision/timm convention.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+
+IMAGE_EXTENSIONS = frozenset(
+    ".jpg .jpeg .jpe .png .webp .bmp .gif .tif .tiff .ppm .pgm .pbm .pnm .jfif".split()
+)
+WNID = re.compile(r"^n\d{8}$")
+
+
+@dataclass
+class Split:
+    """One split: either files to decode (`paths`) or images already decoded (`images`, (N,H,W,C) uint8)."""
+
+    name: str
+    labels: np.ndarray
+    paths: list[str] | None = None
+    images: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, name: str, idx: np.ndarray) -> Split:
+        paths = None if self.paths is None else [self.paths[i] for i in idx]
+        images = None if self.images is None else self.images[idx]
+        return Split(name, self.labels[idx], paths, images)
+
+
+@dataclass
+class Source:
+    """A dataset ready for `prepare`: classes, splits and a description for the manifest."""
+
+    kind: str
+    spec: str
+    class_ids: list[str]
+    class_names: list[str]
+    splits: dict[str, Split]
+    native_size: int | None = None  # array sources: their own H == W, kept unless --size asks otherwise
+    channels: int | None = None  # array sources: their own channels
+    info: dict = field(default_factory=dict)  # e.g. verified checksums, devkit used
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_ids)
+
+
+def resolve_source(spec: str, *, val_fraction: float = 0.0, seed: int = 0, devkit: str | None = None,
+                   synsets: str | None = None, download_dir: str | None = None) -> Source:  # fmt: skip
+    """Parse a SOURCE argument into a Source; a missing or empty source is a DataError."""
+    from . import arrays, imagenet
+
+    kind, _, arg = spec.partition(":")
+    if kind == "synthetic":
+        source = arrays.synthetic(arg, spec)
+    elif kind == "fashion-mnist":
+        source = arrays.fashion_mnist(arg or None, download_dir=download_dir)
+    elif kind == "cifar10":
+        if not arg:
+            raise DataError("cifar10 needs a path: cifar10:PATH/cifar-10-batches-py")
+        source = arrays.cifar10(Path(arg))
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise DataError(f"source {spec} does not exist")
+        if not path.is_dir():
+            raise DataError(f"source {spec} is not a folder")
+        if arrays.find_idx(path) is not None:
+            source = arrays.idx_folder(path)
+        elif arrays.find_cifar(path) is not None:
+            source = arrays.cifar10(path)
+        elif imagenet.looks_like_imagenet(path):
+            source = imagenet.imagenet(path, devkit=devkit, synsets=synsets)
+        else:
+            source = class_tree(path)
+    if synsets and source.kind != "imagenet":
+        source.class_names = imagenet.names_from_synsets(Path(synsets), source.class_ids)
+    if val_fraction:
+        hold_out(source, val_fraction, seed)
+    for split in source.splits.values():
+        if len(split) == 0:
+            raise DataError(f"source {spec}: split {split.name!r} has no images")
+    return source
+
+
+def list_images(folder: Path) -> list[str]:
+    """Image files under `folder` (recursively, following links, hidden entries skipped), sorted."""
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for f in files:
+            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
+                found.append(os.path.join(root, f))
+    return sorted(found)
+
+
+def class_dirs(folder: Path) -> list[str]:
+    return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def files_by_class(folder: Path, classes: list[str], split: str) -> Split:
+    """A split from `folder/<class>/**/*.<image ext>`; a class folder without images is a DataError."""
+    paths: list[str] = []
+    labels: list[int] = []
+    for i, c in enumerate(classes):
+        files = list_images(folder / c)
+        if not files:
+            raise DataError(f"class folder {folder / c} has no images")
+        paths += files
+        labels += [i] * len(files)
+    return Split(split, np.asarray(labels, dtype=np.int64), paths=paths)
+
+
+def class_tree(path: Path) -> Source:
+    """A class-per-folder tree; its train/ val/ test/ subfolders become splits when present."""
+    split_dirs = {s: path / s for s in ("train", "val", "test") if (path / s).is_dir()}
+    if "train" not in split_dirs:
+        split_dirs = {"train": path}
+    classes = class_dirs(split_dirs["train"])
+    if not classes:
+        raise DataError(f"source {path} has no class folders (expected {split_dirs['train']}/<class>/<images>)")
+    splits = {}
+    for name, d in split_dirs.items():
+        present = class_dirs(d)
+        unknown = sorted(set(present) - set(classes))
+        if unknown:
+            raise DataError(f"{d} has classes not in train/: {', '.join(unknown[:5])}")
+        # val/test may lack some classes; they keep the train class index
+        splits[name] = files_by_class(d, [c for c in classes if c in present], name)
+        if present != classes:
+            remap = np.asarray([classes.index(c) for c in present], dtype=np.int64)
+            splits[name].labels = remap[splits[name].labels]
+    return Source("folder", str(path), classes, list(classes), splits)
+
+
+def hold_out(source: Source, fraction: float, seed: int) -> None:
+    """Move a stratified `fraction` of train into a new "val" split (same draw for the same seed)."""
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"--val-fraction must be in (0, 1), got {fraction}")
+    if "val" in source.splits:
+        raise DataError(f"source {source.spec} already has a val split; --val-fraction applies only without one")
+    train = source.splits["train"]
+    rng = np.random.default_rng(seed)
+    val_idx = []
+    for c in range(source.num_classes):
+        members = np.flatnonzero(train.labels == c)
+        k = int(round(fraction * len(members)))
+        if k and k == len(members):
+            k -= 1  # keep at least one training image per class
+        val_idx.append(rng.permutation(members)[:k])
+    val = np.sort(np.concatenate(val_idx)) if val_idx else np.zeros(0, np.int64)
+    keep = np.setdiff1d(np.arange(len(train)), val)
+    rest = {k: v for k, v in source.splits.items() if k != "train"}
+    source.splits = {"train": train.subset("train", keep), "val": train.subset("val", val), **rest}
+    source.info["val_fraction"] = fraction
+    source.info["val_seed"] = seed
