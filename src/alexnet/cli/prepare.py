@@ -1,0 +1,54 @@
+"""`alexnet prepare SOURCE OUT [--size 256] [--workers N] [--json]`"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from ..data.prepare import PrepareOptions, prepare
+
+SOURCE_HELP = (
+    "a folder (ImageNet train/<wnid>/ + val/, a class-per-folder tree, idx files, cifar-10-batches-py), "
+    "fashion-mnist[:PATH], cifar10:PATH, or synthetic[:classes=10,per_class=50,size=32,channels=3,seed=0]"
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare", help="decode a dataset once into a packed uint8 store with labels and statistics")
+    p.add_argument("source", metavar="SOURCE", help=SOURCE_HELP)
+    p.add_argument("out", metavar="OUT", help="output folder: OUT/<split>/ for each split, OUT/dataset.json last")
+    p.add_argument("--size", type=int, default=None,
+                   help="short side to SIZE, then the central SIZE x SIZE crop (default 256; native for idx/CIFAR/synthetic)")  # fmt: skip
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="1 (gray) or 3 (RGB); default: RGB, or native")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes (default: all cores)")
+    p.add_argument("--val-fraction", type=float, default=0.0,
+                   help="hold out this stratified fraction of train as 'val' (sources without a val split)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of the --val-fraction draw")
+    p.add_argument("--devkit", default=None, help="ImageNet devkit folder (holds data/ with the val ground truth, meta.mat or meta.txt)")
+    p.add_argument("--synsets", default=None, help="class names from a 'wnid name, synonyms' file (LOC_synset_mapping.txt)")
+    p.add_argument("--download-dir", default=None, help="where fashion-mnist is downloaded when not installed")
+    p.add_argument("--min-side", type=int, default=PrepareOptions.min_side, help="skip images whose short side is smaller")
+    p.add_argument("--overwrite", action="store_true", help="replace a different, complete prepared dataset in OUT")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = PrepareOptions(
+        size=args.size, channels=args.channels, workers=args.workers, val_fraction=args.val_fraction, seed=args.seed,
+        devkit=args.devkit, synsets=args.synsets, download_dir=args.download_dir, min_side=args.min_side,
+        overwrite=args.overwrite, progress=not args.no_progress,
+    )  # fmt: skip
+    result = prepare(args.source, args.out, opts)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    state = "already complete" if result.get("already_complete") else f"done in {result['seconds']:.1f} s"
+    for name, s in result["splits"].items():
+        speed = f", {s['images_per_s']:.0f} images/s" if s.get("images_per_s") else ""
+        print(f"{name}: {s['count']} images, {s['skipped']} skipped{speed} -> {s['path']}")
+    print(f"{result['out']}: {result['kind']} {result['size']}x{result['size']}x{result['channels']}, "
+          f"{result['num_classes']} classes, {result['skipped']} files skipped (see {result['report']}); {state}")  # fmt: skip
+    return 0
