@@ -10,7 +10,7 @@ from alexnet.cli import main
 def test_bench_loader_tiny(capsys):
     args = ["bench", "loader", "--images", "16", "--classes", "2", "--jpeg-size", "64x48", "--decode-size", "96x64",
             "--decode-images", "2", "--size", "32", "--crop", "28", "--batch-size", "8", "--store-batches", "2",
-            "--repeats", "1", "--warmup", "0", "--no-malloc-tuning", "--json"]
+            "--repeats", "1", "--warmup", "0", "--json"]
     threads = torch.get_num_threads()
     try:
         assert main(args) == 0

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..allocator import keep_freed_memory
+from ..runtime import tune_allocator
 from ..data.augment import TrainTransform
 from ..data.decode import decode_image
 from ..data.loader import Loader
@@ -42,7 +42,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store-batches", type=int, default=20, help="batches per timed store repeat")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--no-malloc-tuning", action="store_true", help="leave glibc's malloc settings alone")
     p.add_argument("--workdir", default=None, help="keep the generated tree and store here (default: a temp folder)")
 
 
@@ -95,7 +94,7 @@ def _wh(text: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    malloc_tuned = False if args.no_malloc_tuning else keep_freed_memory()
+    malloc_tuned = tune_allocator()  # the CLI has done it already; a Python caller gets the same conditions
     torch.set_num_threads(1)  # per-core figures
     with tempfile.TemporaryDirectory(prefix="alexnet-bench-loader-") as tmp:
         work = Path(args.workdir or tmp)
