@@ -1,0 +1,224 @@
+"""Weights out: ONNX, safetensors, TorchScript and Caffe's .npy layout, each checked after writing.
+
+- onnx: torch.onnx's exporter (torch.export based) with a dynamic batch dimension; the file
+  is run in onnxruntime on a batch of a different size than the one exported and the max
+  abs difference to PyTorch is reported (and must be <= 1e-4).
+- safetensors: the state_dict plus, in the header metadata, the arch, the create_model
+  options, the class names and the preprocessing as JSON; `load_safetensors` rebuilds it
+  with create_model.
+- torchscript: torch.jit.trace of the eval-mode model, reloaded and compared like ONNX.
+- caffe-npy: the grouped paper nets in bvlc_alexnet.npy's layout (interop/caffe.py).
+
+The exported graph uses plain torch ops for LRN: our fused C++ kernel is not a traceable op.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..checkpoint import Preprocess, load_checkpoint, model_from_checkpoint
+from ..errors import AlexNetError, CheckpointError, ConfigError
+from ..models import LocalResponseNorm, create_model
+
+FORMATS = ("onnx", "safetensors", "torchscript", "caffe-npy")
+SAFETENSORS_FORMAT = "alexnet-safetensors"
+MAX_ABS_DIFF = 1e-4  # the issue's bar for an exported model against PyTorch
+
+
+@dataclass
+class ExportResult:
+    format: str
+    out: str
+    bytes: int
+    check: dict[str, Any] = field(default_factory=dict)  # runtime, batch, max_abs_diff
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TraceableLRN(nn.Module):
+    """LocalResponseNorm through torch.nn.functional, which the exporters understand.
+
+    torch's LRN divides alpha by the size ("per-term"), so the paper convention passes alpha * n.
+    """
+
+    def __init__(self, lrn: LocalResponseNorm) -> None:
+        super().__init__()
+        scale = lrn.alpha if lrn.convention == "paper" else lrn.alpha / lrn.size
+        self.size, self.torch_alpha, self.beta, self.k = lrn.size, scale * lrn.size, lrn.beta, lrn.k
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.local_response_norm(x, self.size, alpha=self.torch_alpha, beta=self.beta, k=self.k)
+
+
+def exportable(model: nn.Module) -> nn.Module:
+    """An eval-mode CPU copy of `model` with every LocalResponseNorm made traceable."""
+    model = copy.deepcopy(model).cpu().eval()
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, LocalResponseNorm):
+                setattr(parent, name, TraceableLRN(child))
+    return model
+
+
+def _example(batch: int, in_chans: int, size: int, seed: int) -> Tensor:
+    return torch.randn(batch, in_chans, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _max_diff(a: Tensor, b: Tensor) -> float:
+    return float((a.float() - b.float()).abs().max())
+
+
+def _checked(result: ExportResult, diff: float, atol: float) -> ExportResult:
+    result.check["max_abs_diff"] = diff
+    if not diff <= atol:  # also catches NaN
+        raise AlexNetError(f"{result.format} export differs from PyTorch by {diff:.3g} (> {atol:g}); {result.out} kept for inspection")
+    return result
+
+
+def export_onnx(model: nn.Module, out: str | os.PathLike[str], *, input_size: int, in_chans: int = 3,
+                opset: int = 18, check: bool = True, atol: float = MAX_ABS_DIFF) -> ExportResult:  # fmt: skip
+    """Write `model` as ONNX (input "images" (N, C, S, S), output "logits", N dynamic) and check it."""
+    net = exportable(model)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    example = _example(2, in_chans, input_size, seed=0)
+    try:
+        torch.onnx.export(
+            net, (example,), str(out), dynamo=True, opset_version=opset, verbose=False,
+            input_names=["images"], output_names=["logits"],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+            external_data=False,
+        )  # fmt: skip
+    except Exception as exc:
+        raise AlexNetError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    result = ExportResult("onnx", str(out), out.stat().st_size, {"opset": opset, "dynamic_batch": True})
+    if not check:
+        return result
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = _example(3, in_chans, input_size, seed=1)  # a batch size the export never saw
+    (got,) = session.run(["logits"], {"images": x.numpy()})
+    with torch.no_grad():
+        want = net(x)
+    result.check.update(runtime=f"onnxruntime {ort.__version__}", batch=int(x.shape[0]))
+    return _checked(result, _max_diff(torch.from_numpy(got), want), atol)
+
+
+def export_torchscript(model: nn.Module, out: str | os.PathLike[str], *, input_size: int, in_chans: int = 3,
+                       check: bool = True, atol: float = MAX_ABS_DIFF) -> ExportResult:  # fmt: skip
+    """torch.jit.trace the eval-mode model; the file loads with torch.jit.load, no alexnet needed."""
+    net = exportable(model)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        traced = torch.jit.trace(net, _example(2, in_chans, input_size, seed=0), check_trace=False)
+    traced.save(str(out))
+    result = ExportResult("torchscript", str(out), out.stat().st_size, {"dynamic_batch": True})
+    if not check:
+        return result
+    loaded = torch.jit.load(str(out), map_location="cpu")
+    x = _example(3, in_chans, input_size, seed=1)
+    with torch.no_grad():
+        diff = _max_diff(loaded(x), net(x))
+    result.check.update(runtime=f"torch.jit {torch.__version__}", batch=int(x.shape[0]))
+    return _checked(result, diff, atol)
+
+
+def _json_safe(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+
+
+def export_safetensors(ckpt: dict[str, Any], out: str | os.PathLike[str], *, check: bool = True) -> ExportResult:
+    """The checkpoint's weights as safetensors; arch, options, class names, preprocessing in the metadata."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in ckpt["state_dict"].items()}
+    metadata = {
+        "format": SAFETENSORS_FORMAT,
+        "arch": ckpt["arch"],
+        "model_config": json.dumps(_json_safe(ckpt["model_config"])),
+        "class_names": json.dumps(ckpt.get("class_names")),
+        "preprocess": json.dumps(ckpt.get("preprocess")),
+    }
+    save_file(tensors, str(out), metadata=metadata)
+    result = ExportResult("safetensors", str(out), out.stat().st_size)
+    if check:
+        model, _ = load_safetensors(out)
+        reloaded = model.state_dict()
+        exact = all(torch.equal(reloaded[k], v) for k, v in tensors.items())
+        result.check.update(reloaded_with="create_model", max_abs_diff=0.0 if exact else float("nan"))
+        if not exact:
+            raise AlexNetError(f"{out}: reloaded weights differ from the checkpoint's")
+    return result
+
+
+def read_safetensors_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The decoded metadata of an alexnet safetensors export (arch, model_config, class_names, preprocess)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:
+        raise CheckpointError(f"cannot read {path} as safetensors: {exc}") from None
+    if meta.get("format") != SAFETENSORS_FORMAT or "arch" not in meta:
+        raise CheckpointError(f"{path} is safetensors but not an alexnet export (no arch/config metadata)")
+    return {
+        "arch": meta["arch"],
+        "model_config": json.loads(meta["model_config"]),
+        "class_names": json.loads(meta.get("class_names", "null")),
+        "preprocess": json.loads(meta.get("preprocess", "null")),
+    }
+
+
+def load_safetensors(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a safetensors export: (create_model(arch, **config) with the weights, metadata)."""
+    from safetensors.torch import load_file
+
+    info = read_safetensors_metadata(path)
+    model = create_model(info["arch"], **info["model_config"])
+    try:
+        model.load_state_dict(load_file(str(path)), strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit {info['arch']}: {str(exc).splitlines()[0]}") from None
+    return model, info
+
+
+def export_checkpoint(checkpoint: str | os.PathLike[str], fmt: str, out: str | os.PathLike[str], *,
+                      opset: int = 18, check: bool = True) -> ExportResult:  # fmt: skip
+    """`alexnet export`: write a checkpoint in `fmt`, sized by the input crop its preprocessing records."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    ckpt = load_checkpoint(checkpoint)
+    if fmt == "safetensors":
+        return export_safetensors(ckpt, out, check=check)
+    if fmt == "caffe-npy":
+        from .caffe import BVLC_MODEL_OPTIONS, save_npy_object, state_dict_to_bvlc
+
+        if ckpt["arch"] != "alexnet":
+            raise ConfigError(f"the bvlc_alexnet layout holds the grouped `alexnet` only, not {ckpt['arch']!r}")
+        # The .npy records weights only; whoever reads it assumes bvlc_alexnet's LRN and input size.
+        differ = {k: ckpt["model_config"].get(k) for k, v in BVLC_MODEL_OPTIONS.items() if ckpt["model_config"].get(k) != v}
+        if differ:
+            raise ConfigError(f"caffe-npy stores no LRN constants or input size and readers assume {BVLC_MODEL_OPTIONS}; "
+                              f"this model has {differ}: export it as safetensors instead")
+        path = save_npy_object(state_dict_to_bvlc(model_from_checkpoint(ckpt).state_dict()), out)
+        return ExportResult("caffe-npy", str(path), path.stat().st_size)
+    model = model_from_checkpoint(ckpt).eval()
+    pp = Preprocess.from_dict(ckpt["preprocess"])
+    if fmt == "onnx":
+        return export_onnx(model, out, input_size=pp.crop, in_chans=pp.in_chans, opset=opset, check=check)
+    return export_torchscript(model, out, input_size=pp.crop, in_chans=pp.in_chans, check=check)
