@@ -71,14 +71,6 @@ def test_import_matches_torchvision_forward_and_records_preprocessing(tv_file, t
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
 
 
-def test_wrapped_and_prefixed_state_dicts_and_other_class_counts(tmp_path):
-    sd = tv_state_dict(num_classes=10)
-    torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "wrapped.pth")
-    result = import_weights(str(tmp_path / "wrapped.pth"), tmp_path / "w.pt")
-    assert (result.arch, result.num_classes, result.class_names) == ("alexnet-owt", 10, False)
-    assert load_checkpoint(tmp_path / "w.pt")["class_names"] is None  # names unknown for 10 classes
-
-
 def test_strict_keys_are_enforced(tmp_path):
     sd = tv_state_dict(num_classes=10)
     sd["features.1.weight"] = torch.zeros(3)  # an extra key
@@ -97,13 +89,16 @@ def test_strict_keys_are_enforced(tmp_path):
 def test_known_name_downloads_once_with_hash_check(tmp_path, monkeypatch):
     src = tmp_path / "src" / "alexnet-owt-0000.pth"
     src.parent.mkdir()
-    torch.save(tv_state_dict(num_classes=4), src)
+    # wrapped ({"state_dict": ...}) with DataParallel's "module." prefix, 4 classes
+    torch.save({"state_dict": {f"module.{k}": v for k, v in tv_state_dict(num_classes=4).items()}}, src)
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
     good = download.KnownWeights("torchvision", src.as_uri(), "torchvision", digest[:8], "test copy")
     monkeypatch.setitem(download.KNOWN_WEIGHTS, "torchvision", good)
     cache = tmp_path / "cache"
     assert main(["import-weights", "torchvision", "--out", str(tmp_path / "a.pt"), "--cache-dir", str(cache)]) == 0
-    assert load_checkpoint(tmp_path / "a.pt")["meta"]["imported_from"]["sha256"] == digest
+    ckpt = load_checkpoint(tmp_path / "a.pt")
+    assert ckpt["meta"]["imported_from"]["sha256"] == digest
+    assert ckpt["model_config"]["num_classes"] == 4 and ckpt["class_names"] is None  # names known for 1000 only
     cached = cache / src.name
     assert cached.is_file()
     src.unlink()  # a verified cached copy is used without the network

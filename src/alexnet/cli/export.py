@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     line = f"wrote {result.out} ({result.format}, {result.bytes / 2**20:.1f} MiB)"
     c = result.check
     if "runtime" in c:
-        line += f"; {c['runtime']} on batch {c['batch']}: max abs difference to PyTorch {c['max_abs_diff']:.2e}"
+        line += (f"; {c['runtime']} on batch {c['batch']}: max abs difference to PyTorch {c['max_abs_diff']:.2e} "
+                 f"(outputs up to {c['max_abs_output']:.3g})")  # fmt: skip
     elif "reloaded_with" in c:
         line += "; reloaded with create_model: weights identical"
     print(line)
