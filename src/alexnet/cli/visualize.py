@@ -1,0 +1,117 @@
+"""`alexnet visualize {kernels,neighbors,predictions,curves} ... --out FIG.png`"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("visualize", help="figures: conv1 kernels (Fig. 3), neighbours (Fig. 4), top-5 bars, curves")
+    kinds = p.add_subparsers(dest="figure", metavar="FIGURE")
+    kinds.required = True
+
+    k = kinds.add_parser("kernels", help="conv1's kernels as colour images, the two towers side by side (Fig. 3)")
+    k.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
+    k.add_argument("--towers", type=int, default=None, help="groups to split the kernels into (default: from conv2)")
+    k.set_defaults(func=_kernels)
+
+    n = kinds.add_parser("neighbors", help="query images and their nearest training images by fc7 distance (Fig. 4)")
+    n.add_argument("--features", required=True, metavar="TRAIN", help="feature folder of the training images")
+    q = n.add_mutually_exclusive_group(required=True)
+    q.add_argument("--query", nargs="+", metavar="IMAGE", help="query image files")
+    q.add_argument("--query-features", metavar="Q", help="feature folder whose rows are the queries")
+    n.add_argument("--num-queries", type=int, default=8, help="rows of Q drawn at random, seed 0 (default 8)")
+    n.add_argument("-k", type=int, default=6, help="neighbours per query (default 6)")
+    n.add_argument("--checkpoint", default=None, help="for --query: the model (default: the features' own)")
+    n.set_defaults(func=_neighbors)
+
+    pr = kinds.add_parser("predictions", help="test images with their top-5 predictions as bars")
+    pr.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
+    pr.add_argument("--data", required=True, help="a prepared dataset folder or one split of it")
+    pr.add_argument("--split", default=None, help="split (default: val, else test)")
+    pr.add_argument("--count", type=int, default=12, help="images, drawn at random (default 12)")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.set_defaults(func=_predictions)
+
+    c = kinds.add_parser("curves", help="training curves of a run folder (error and loss, lr drops marked)")
+    c.add_argument("--run", required=True, help="run folder (metrics.jsonl)")
+    c.set_defaults(func=_curves)
+
+    for sp in (k, n, pr, c):
+        sp.add_argument("--out", required=True, metavar="FIG.png", help="PNG file to write")
+
+
+def _done(path: Path) -> int:
+    print(f"wrote {path}")
+    return 0
+
+
+def _kernels(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_checkpoint
+    from ..errors import CheckpointError
+    from ..figures import conv1_kernels
+
+    state = load_checkpoint(args.checkpoint)["state_dict"]
+    conv1 = next((v for key, v in state.items() if key.endswith("conv1.weight") or key == "features.0.weight"), None)
+    if conv1 is None:
+        raise CheckpointError(f"{args.checkpoint} has no conv1 weight")
+    towers = args.towers
+    if towers is None:  # conv2 sees conv1_out / groups maps per kernel: the paper's towers (section 3.2)
+        conv2 = next((v for key, v in state.items() if key.endswith("conv2.weight") or key == "features.3.weight"), None)
+        towers = conv1.shape[0] // conv2.shape[1] if conv2 is not None and conv1.shape[0] % conv2.shape[1] == 0 else 1
+    return _done(conv1_kernels(conv1, args.out, towers=towers))
+
+
+def _neighbors(args: argparse.Namespace) -> int:
+    from ..analysis.features import open_features
+    from ..analysis.retrieval import exact_search
+    from .neighbors import _grid, _queries
+
+    fs = open_features(args.features)
+    queries, desc, images, exclude = _queries(args, fs)
+    found = exact_search(fs.features, queries, args.k, exclude=exclude)
+    _grid(args.out, fs, found.indices, desc, images)
+    return _done(Path(args.out))
+
+
+def _predictions(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..errors import ConfigError
+    from ..evaluate import open_split, predict_probs
+    from ..figures import predictions_grid
+    from ..predict import Predictor
+
+    if args.count < 1:
+        raise ConfigError(f"--count must be >= 1, got {args.count}")
+    store = open_split(args.data, args.split)
+    pred = Predictor(args.checkpoint, views="center")
+    idx = np.sort(np.random.default_rng(args.seed).choice(len(store), min(args.count, len(store)), replace=False))
+    images = store.read(idx)
+    probs = predict_probs(pred.model, pred.views(torch.from_numpy(images).permute(0, 3, 1, 2)))
+    values, indices = probs.topk(min(5, probs.shape[1]), dim=1)
+    top: list[Any] = [[(pred.class_names[j], p) for j, p in zip(i, v)] for i, v in zip(indices.tolist(), values.tolist())]
+    truth = [store.class_names[int(store.labels[i])] for i in idx]
+    return _done(predictions_grid(list(images), top, args.out, truth=truth))
+
+
+def _curves(args: argparse.Namespace) -> int:
+    from ..errors import AlexNetError, DataError
+    from ..figures import training_curves
+    from ..train.rundir import RunDir
+
+    run = RunDir(args.run)
+    metrics = run.metrics()
+    if not metrics:
+        raise DataError(f"{args.run} has no metrics.jsonl records: not a run folder, or nothing logged yet")
+    title = ""
+    try:
+        cfg = run.read_config()
+        title = f"{cfg.get('model', {}).get('arch', '')} on {Path(str(cfg.get('data_path', ''))).name}"
+    except AlexNetError:  # a metrics file without its config.yaml still makes a plot, untitled
+        pass
+    return _done(training_curves(metrics, args.out, title=title))
