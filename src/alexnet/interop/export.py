@@ -71,12 +71,28 @@ def exportable(model: nn.Module) -> nn.Module:
     return model
 
 
-def _example(batch: int, in_chans: int, size: int, seed: int) -> Tensor:
-    return torch.randn(batch, in_chans, size, size, generator=torch.Generator().manual_seed(seed))
+def _example(batch: int, in_chans: int, size: int, seed: int, pp: Preprocess | None = None) -> Tensor:
+    """Random images; with a Preprocess, random 0-255 pixels normalized by it (realistic input scale)."""
+    gen = torch.Generator().manual_seed(seed)
+    if pp is None:
+        return torch.randn(batch, in_chans, size, size, generator=gen)
+    x = torch.randint(0, 256, (batch, in_chans, size, size), generator=gen).float() * pp.scale
+    x = x - torch.tensor(pp.mean).view(1, -1, 1, 1)
+    return x if pp.std is None else x / torch.tensor(pp.std).view(1, -1, 1, 1)
 
 
 def _max_diff(a: Tensor, b: Tensor) -> float:
     return float((a.float() - b.float()).abs().max())
+
+
+def _reference(model: nn.Module, x: Tensor) -> Tensor:
+    """The original model's eval-mode output (our own LRN), the yardstick for an exported file."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            return model.eval()(x.to(next(model.parameters()).device)).cpu()
+    finally:
+        model.train(was_training)
 
 
 def _checked(result: ExportResult, diff: float, atol: float) -> ExportResult:
@@ -87,8 +103,13 @@ def _checked(result: ExportResult, diff: float, atol: float) -> ExportResult:
 
 
 def export_onnx(model: nn.Module, out: str | os.PathLike[str], *, input_size: int, in_chans: int = 3,
-                opset: int = 18, check: bool = True, atol: float = MAX_ABS_DIFF) -> ExportResult:  # fmt: skip
-    """Write `model` as ONNX (input "images" (N, C, S, S), output "logits", N dynamic) and check it."""
+                opset: int = 18, check: bool = True, atol: float = MAX_ABS_DIFF,
+                preprocess: Preprocess | None = None) -> ExportResult:  # fmt: skip
+    """Write `model` as ONNX (input "images" (N, C, S, S), output "logits", N dynamic) and check it.
+
+    The check runs a batch of 3 (the export saw 2) in onnxruntime; with `preprocess`, its
+    images are random pixels normalized the way the checkpoint's model expects.
+    """
     net = exportable(model)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -108,16 +129,16 @@ def export_onnx(model: nn.Module, out: str | os.PathLike[str], *, input_size: in
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    x = _example(3, in_chans, input_size, seed=1)  # a batch size the export never saw
+    x = _example(3, in_chans, input_size, seed=1, pp=preprocess)  # a batch size the export never saw
     (got,) = session.run(["logits"], {"images": x.numpy()})
-    with torch.no_grad():
-        want = net(x)
+    want = _reference(model, x)
     result.check.update(runtime=f"onnxruntime {ort.__version__}", batch=int(x.shape[0]), max_abs_output=float(want.abs().max()))
     return _checked(result, _max_diff(torch.from_numpy(got), want), atol)
 
 
 def export_torchscript(model: nn.Module, out: str | os.PathLike[str], *, input_size: int, in_chans: int = 3,
-                       check: bool = True, atol: float = MAX_ABS_DIFF) -> ExportResult:  # fmt: skip
+                       check: bool = True, atol: float = MAX_ABS_DIFF,
+                       preprocess: Preprocess | None = None) -> ExportResult:  # fmt: skip
     """torch.jit.trace the eval-mode model; the file loads with torch.jit.load, no alexnet needed."""
     net = exportable(model)
     out = Path(out)
@@ -132,9 +153,9 @@ def export_torchscript(model: nn.Module, out: str | os.PathLike[str], *, input_s
     if not check:
         return result
     loaded = torch.jit.load(str(out), map_location="cpu")
-    x = _example(3, in_chans, input_size, seed=1)
+    x = _example(3, in_chans, input_size, seed=1, pp=preprocess)
+    want = _reference(model, x)
     with torch.no_grad():
-        want = net(x)
         diff = _max_diff(loaded(x), want)
     result.check.update(runtime=f"torch.jit {torch.__version__}", batch=int(x.shape[0]), max_abs_output=float(want.abs().max()))
     return _checked(result, diff, atol)
@@ -225,5 +246,5 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], fmt: str, out: str | o
     model = model_from_checkpoint(ckpt).eval()
     pp = Preprocess.from_dict(ckpt["preprocess"])
     if fmt == "onnx":
-        return export_onnx(model, out, input_size=pp.crop, in_chans=pp.in_chans, opset=opset, check=check)
-    return export_torchscript(model, out, input_size=pp.crop, in_chans=pp.in_chans, check=check)
+        return export_onnx(model, out, input_size=pp.crop, in_chans=pp.in_chans, opset=opset, check=check, preprocess=pp)
+    return export_torchscript(model, out, input_size=pp.crop, in_chans=pp.in_chans, check=check, preprocess=pp)
