@@ -191,8 +191,28 @@ def train_hasher(
 
 
 def hamming_distances(codes: np.ndarray, query_codes: np.ndarray) -> np.ndarray:
-    """(Q, N) int32 Hamming distances between packed uint64 codes (Q, W) and (N, W)."""
-    return np.bitwise_count(query_codes[:, None, :] ^ codes[None, :, :]).sum(-1, dtype=np.int32)
+    """(Q, N) uint16 Hamming distances between packed uint64 codes (Q, W) and (N, W)."""
+    d = np.zeros((len(query_codes), len(codes)), np.uint16)
+    # one 64-bit word at a time: (Q, N) temporaries instead of (Q, N, W), 8x faster measured at 128 bits
+    for w in range(codes.shape[1]):
+        d += np.bitwise_count(query_codes[:, w, None] ^ codes[None, :, w])
+    return d
+
+
+def _smallest(d: np.ndarray, take: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of small-integer distances, the `take` smallest (ties: lower column first), sorted."""
+    n = d.shape[1]
+    if take >= n:
+        order = np.argsort(d, axis=1, kind="stable")
+        return order, np.take_along_axis(d, order, 1)
+    # the take-th smallest value per row; everything below it is in, ties at it go by column
+    cut = np.partition(d, take - 1, axis=1)[:, take - 1]
+    idx = np.empty((len(d), take), np.int64)
+    for i, (row, t) in enumerate(zip(d, cut)):
+        below = np.flatnonzero(row < t)
+        sel = np.concatenate([below, np.flatnonzero(row == t)[: take - len(below)]])
+        idx[i] = sel[np.argsort(row[sel], kind="stable")]
+    return idx, np.take_along_axis(d, idx, 1)
 
 
 def hamming_search(
@@ -221,13 +241,8 @@ def hamming_search(
     idx = np.empty((len(query_codes), take), np.int64)
     dist = np.empty((len(query_codes), take), np.int32)
     for s in range(0, len(query_codes), query_block):
-        # distance * n + row: one integer key, so ties are broken by row even at the cut-off
-        key = hamming_distances(codes, query_codes[s : s + query_block]).astype(np.int64) * n + np.arange(n)
-        if take < n:
-            key = np.take_along_axis(key, np.argpartition(key, take - 1, axis=1)[:, :take], 1)
-        key = np.sort(key, axis=1)
-        idx[s : s + len(key)] = key % n
-        dist[s : s + len(key)] = key // n
+        i, d = _smallest(hamming_distances(codes, query_codes[s : s + query_block]), take)
+        idx[s : s + len(i)], dist[s : s + len(i)] = i, d
     if not rerank:
         return Neighbors(idx, dist.astype(np.float32))
     assert features is not None and queries is not None

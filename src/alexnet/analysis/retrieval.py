@@ -103,14 +103,17 @@ def exact_search(
     return Neighbors(found.indices[:, :k], found.distances[:, :k])
 
 
-def _refine(database: np.ndarray, q: np.ndarray, idx: np.ndarray) -> Neighbors:
+def _refine(database: np.ndarray, q: np.ndarray, idx: np.ndarray, block: int = 64) -> Neighbors:
     """Exact float64 distances for each query's candidates, re-sorted (ties: lower row first)."""
-    flat = idx.reshape(-1)
-    order = np.argsort(flat, kind="stable")
-    vecs = np.empty((len(flat), q.shape[1]), np.float64)
-    vecs[order] = np.asarray(database[flat[order]], dtype=np.float64)  # sorted reads are kinder to a memmap
-    diff = vecs.reshape(*idx.shape, -1) - q[:, None, :].astype(np.float64)
-    dist = np.sqrt((diff * diff).sum(-1))
+    dist = np.empty(idx.shape, np.float64)
+    for s in range(0, len(idx), block):  # blocks keep the (queries, candidates, D) temporary small
+        part = idx[s : s + block]
+        flat = part.reshape(-1)
+        order = np.argsort(flat, kind="stable")
+        vecs = np.empty((len(flat), q.shape[1]), np.float64)
+        vecs[order] = np.asarray(database[flat[order]], dtype=np.float64)  # sorted reads are kinder to a memmap
+        diff = vecs.reshape(*part.shape, -1) - q[s : s + block, None, :].astype(np.float64)
+        dist[s : s + block] = np.sqrt(np.einsum("qkd,qkd->qk", diff, diff))
     perm = np.lexsort((idx, dist), axis=-1)
     return Neighbors(np.take_along_axis(idx, perm, 1), np.take_along_axis(dist, perm, 1).astype(np.float32))
 
