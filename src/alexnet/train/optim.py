@@ -1,0 +1,132 @@
+"""The paper's optimizer and learning-rate schedules (PAPER.md section 5).
+
+PaperSGD is the update rule exactly as printed:
+
+    v <- momentum * v - weight_decay * lr * w - lr * grad
+    w <- w + v
+
+torch.optim.SGD instead keeps v <- momentum * v + (grad + weight_decay * w) and steps
+w <- w - lr * v: the two agree while lr is constant and differ after a drop, where the
+paper's velocity still carries the old lr (so the step shrinks gradually, not at once).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..config import OptimConfig
+from ..errors import ConfigError
+
+
+class PaperSGD(torch.optim.Optimizer):
+    """SGD with momentum and weight decay in the paper's form (lr inside the velocity)."""
+
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float = 0.01,
+                 momentum: float = 0.9, weight_decay: float = 5e-4) -> None:  # fmt: skip
+        if lr <= 0 or momentum < 0 or weight_decay < 0:
+            raise ConfigError(f"PaperSGD: bad lr/momentum/weight_decay {lr}/{momentum}/{weight_decay}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
+            params, grads, vels = [], [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "velocity" not in state:
+                    state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                params.append(p)
+                grads.append(p.grad)
+                vels.append(state["velocity"])
+            if not params:
+                continue
+            torch._foreach_mul_(vels, mom)
+            if wd:
+                torch._foreach_add_(vels, params, alpha=-wd * lr)
+            torch._foreach_add_(vels, grads, alpha=-lr)
+            torch._foreach_add_(params, vels)
+        return loss
+
+
+def make_optimizer(params: Iterable[Tensor], cfg: OptimConfig) -> torch.optim.Optimizer:
+    if cfg.name == "paper-sgd":
+        return PaperSGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.name == "nesterov"
+    )
+
+
+class Schedule:
+    """Learning rate as a function of the step, plus the paper's plateau rule.
+
+    `lr(step)` is pure given the state, so resuming needs only `state_dict()`. For "plateau",
+    `on_validation(error)` divides the lr by 10 after `plateau_patience` validations without
+    an improvement of at least `plateau_threshold`, at most `max_drops` times; a plateau after
+    the last drop sets `finished` (the paper stopped there).
+    """
+
+    def __init__(self, cfg: OptimConfig, steps_per_epoch: int, epochs: int) -> None:
+        self.cfg = cfg
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.total = self.steps_per_epoch * epochs
+        self.warmup = int(round(cfg.warmup_epochs * self.steps_per_epoch))
+        self.drops = 0
+        self.best = math.inf
+        self.bad = 0
+        self.finished = False
+
+    def lr(self, step: int) -> float:
+        cfg, base = self.cfg, self.cfg.lr
+        if self.warmup and step < self.warmup:
+            return base * (step + 1) / self.warmup
+        if cfg.schedule == "plateau":
+            return base * 0.1**self.drops
+        if cfg.schedule == "constant":
+            return base
+        if cfg.schedule == "step":
+            return base * 0.1 ** (step // (cfg.step_epochs * self.steps_per_epoch))
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        end = base * cfg.final_lr_fraction
+        if cfg.schedule == "cosine":
+            return end + (base - end) * 0.5 * (1 + math.cos(math.pi * progress))
+        return base + (end - base) * progress  # onecycle: linear warm-up, then linear decay
+
+    def on_validation(self, error: float) -> bool:
+        """Feed a validation error; True when the lr was just divided by 10."""
+        if self.cfg.schedule != "plateau":
+            return False
+        if error < self.best - self.cfg.plateau_threshold:
+            self.best, self.bad = error, 0
+            return False
+        self.bad += 1
+        if self.bad < self.cfg.plateau_patience:
+            return False
+        self.bad = 0
+        if self.drops < self.cfg.max_drops:
+            self.drops += 1
+            return True
+        self.finished = True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"drops": self.drops, "best": self.best, "bad": self.bad, "finished": self.finished}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.drops, self.best, self.bad, self.finished = state["drops"], state["best"], state["bad"], state["finished"]
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
