@@ -1,0 +1,98 @@
+"""The run folder: one lock, the resolved config, the environment, metrics as JSONL.
+
+    RUN_DIR/
+      config.yaml     resolved TrainConfig (+ data path, arch options)
+      env.json        git commit, library versions, device, command line
+      metrics.jsonl   one JSON object per log interval / validation / event
+      last.pt         newest checkpoint (atomic), best.pt by validation error
+      report.md       written at the end (report.py)
+      .lock           flock'ed by the live run; the kernel drops it when the process dies
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..bench.timing import environment
+from ..errors import AlexNetError
+
+
+class RunDir:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock_fd: int | None = None
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best.pt"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def lock(self) -> None:
+        """Take the run's lock or fail: two runs must never write one folder."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise AlexNetError(f"{self.path} is in use by another run (pid {owner or '?'}); use another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def write_config(self, config: dict[str, Any], extra: dict[str, Any], device: str) -> None:
+        (self.path / "config.yaml").write_text(yaml.safe_dump({**config, **extra}, sort_keys=False))
+        env = environment(device)
+        env["argv"] = sys.argv
+        for lib in ("numpy", "PIL", "simplejpeg"):
+            try:
+                env[lib] = __import__(lib).__version__
+            except (ImportError, AttributeError):
+                pass
+        (self.path / "env.json").write_text(json.dumps(env, indent=2))
+
+    def read_config(self) -> dict[str, Any]:
+        path = self.path / "config.yaml"
+        if not path.is_file():
+            raise AlexNetError(f"{self.path} has no config.yaml: not a run folder")
+        return yaml.safe_load(path.read_text())
+
+    def log(self, record: dict[str, Any]) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
+
+    def truncate_metrics(self, step: int) -> None:
+        """On resume: drop records written after the checkpoint we resume from (they will be redone)."""
+        if not self.metrics_path.is_file():
+            return
+        keep = [line for line in self.metrics_path.read_text().splitlines() if line.strip()
+                and json.loads(line).get("step", 0) <= step]  # fmt: skip
+        tmp = self.metrics_path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, self.metrics_path)
+
+    def metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
