@@ -1,0 +1,39 @@
+"""`alexnet predict --checkpoint CKPT IMAGE... [--topk 5] [--json]`"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="top-k classes of image files, with the checkpoint's test preprocessing")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file or run folder (best.pt, else last.pt)")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--views", choices=("center", "flip", "ten-crop"), default="center",
+                   help="centre crop (default), centre + mirror, or the paper's ten crops")  # fmt: skip
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--model-parallel", metavar="DEV0,DEV1", help="the paper's two-tower split over two devices")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+    from ..predict import Predictor
+
+    if args.topk < 1:
+        raise ConfigError(f"--topk must be >= 1, got {args.topk}")
+    results = Predictor(args.checkpoint, device=args.device, views=args.views, model_parallel=args.model_parallel).predict(args.images, args.topk)
+    failed = [r for r in results if r.error]
+    for r in failed:
+        print(f"alexnet predict: error: {r.path}: {r.error}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        for r in results:
+            if r.top is not None:
+                print(r.path + ": " + ", ".join(f"{c} {p:.3f}" for c, p in r.top))
+    return 1 if failed else 0
