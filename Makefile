@@ -7,10 +7,12 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
-DEMO_DIR ?= runs/demo
+DEMO_RUN ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+DATA_DIR ?= data
 PYTEST_ARGS ?=
+FASHION_DEB := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo test bench clean
+.PHONY: setup data demo test bench clean
 setup:
 	@if [ -f $(STAMP) ] && [ "$$(cat $(STAMP))" = "$(TORCH) $$(cat requirements.txt pyproject.toml | cksum)" ]; then \
 		exit 0; fi; \
@@ -22,10 +24,23 @@ setup:
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .; \
 	echo "$(TORCH) $$(cat requirements.txt pyproject.toml | cksum)" > $(STAMP)
 
-demo: setup
-	$(BIN)/alexnet summary --arch alexnet
+# Fashion-MNIST from Debian's package where apt works (root), else `prepare` downloads it.
+data: setup
+	@if [ ! -d $(FASHION_DEB) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+		|| echo "apt could not install dataset-fashion-mnist; prepare will download it"; fi
+	$(BIN)/alexnet prepare fashion-mnist $(DATA_DIR)/fashion-mnist
+
+# The main job: Fashion-MNIST -> packed store -> small AlexNet -> evaluation -> RUN/report.md
+demo: data
+	$(BIN)/alexnet train --preset demo --data $(DATA_DIR)/fashion-mnist --out $(DEMO_RUN)
+	$(BIN)/alexnet evaluate --checkpoint $(DEMO_RUN) --data $(DATA_DIR)/fashion-mnist --flip
+	@echo "report: $(DEMO_RUN)/report.md"
 
 test: setup
+	@if [ ! -d $(FASHION_DEB) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+		|| echo "dataset-fashion-mnist not installed: the tests that need real data are skipped"; fi
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
