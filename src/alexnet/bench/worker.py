@@ -1,0 +1,117 @@
+"""A benchmark candidate in its own process: `python -m alexnet.bench.worker SPEC_JSON`.
+
+Process-wide settings (the malloc fix, threads, compile caches) differ between candidates,
+so each lives in its own process; the parent alternates between them (bench/harness.py).
+Protocol on stdin/stdout, one line each: "step N" -> seconds for N steps as JSON; "quit".
+
+The two baselines are written here in plain PyTorch, as a user would write them:
+- "torchvision": torchvision's AlexNet layout (64-192-384-256-256, no LRN, no groups);
+- "naive-paper": the paper's net with groups=2 and torch.nn.LocalResponseNorm;
+and "alexnet" is this package's model (create_model) with the options in the spec.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def torchvision_style(num_classes: int = 1000) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.AdaptiveAvgPool2d((6, 6)), nn.Flatten(),
+        nn.Dropout(0.5), nn.Linear(9216, 4096), nn.ReLU(inplace=True),
+        nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Linear(4096, num_classes),
+    )  # fmt: skip
+
+
+def naive_paper(num_classes: int = 1000) -> nn.Module:
+    lrn = dict(size=5, alpha=5e-4, beta=0.75, k=2.0)  # alpha*n: the paper's alpha on the sum
+    return nn.Sequential(
+        nn.Conv2d(3, 96, 11, 4), nn.ReLU(inplace=True), nn.LocalResponseNorm(**lrn), nn.MaxPool2d(3, 2),
+        nn.Conv2d(96, 256, 5, padding=2, groups=2), nn.ReLU(inplace=True), nn.LocalResponseNorm(**lrn),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 384, 3, padding=1, groups=2), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, 3, padding=1, groups=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2), nn.Flatten(),
+        nn.Linear(9216, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
+        nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(4096, num_classes),
+    )  # fmt: skip
+
+
+def build(spec: dict[str, Any]) -> tuple[nn.Module, int]:
+    kind = spec["model"]
+    if kind == "torchvision":
+        return torchvision_style(), 224
+    if kind == "naive-paper":
+        return naive_paper(), 227
+    from ..models import create_model
+
+    model = create_model(spec.get("arch", "alexnet"), **spec.get("options", {}))
+    size = int(getattr(model, "config", {}).get("input_size", 224))
+    return model, size
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    if spec.get("malloc_fix"):
+        from ..runtime import tune_allocator
+
+        tune_allocator()
+    torch.set_num_threads(int(spec.get("threads") or torch.get_num_threads()))
+    device = torch.device(spec.get("device", "cpu"))
+    model, size = build(spec)
+    model = model.to(device)
+    batch, mode = int(spec["batch"]), spec["mode"]  # "train" or "infer"
+    in_chans = int(getattr(model, "config", {}).get("in_chans", 3))
+    x = torch.randn(batch, in_chans, size, size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    if spec.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    dtype = torch.bfloat16 if spec.get("bf16") else None
+    net = torch.compile(model) if spec.get("compile") else model
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def one() -> None:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            if mode == "train":
+                loss = nn.functional.cross_entropy(net(x).float(), y)
+            else:
+                with torch.inference_mode():
+                    net(x)
+                return
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    if mode == "train":
+        model.train()
+    else:
+        model.eval()
+    print(json.dumps({"ready": True, "input": list(x.shape)}), flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd or cmd[0] == "quit":
+            break
+        n = int(cmd[1])
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            one()
+        sync()
+        print(json.dumps({"seconds": (time.perf_counter() - t0) / n}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
