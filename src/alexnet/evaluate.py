@@ -150,8 +150,8 @@ def evaluate_checkpoint(
     from .train.loop import resolve_device
     from .transforms import eval_views
 
-    store = open_split(data, split)
     ckpt = load_checkpoint(checkpoint)
+    store = open_split(data, split)
     dev = resolve_device(device)
     model: nn.Module = model_from_checkpoint(ckpt)
     num_classes = int(ckpt["model_config"]["num_classes"])
