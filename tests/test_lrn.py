@@ -61,3 +61,15 @@ def test_bad_arguments():
         LocalResponseNorm(convention="caffe")
     with pytest.raises(ValueError, match="N, C"):
         local_response_norm(torch.randn(5, 5))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs_are_computed_in_float32(backend, dtype):
+    x = (torch.randn(2, 16, 5, 5) * 2).relu()
+    ref = torch.nn.LocalResponseNorm(5, alpha=1e-2, beta=0.75, k=2.0)
+    xh = x.to(dtype).requires_grad_()
+    y = local_response_norm(xh, 5, 1e-2, 0.75, 2.0, "per-term")
+    assert y.dtype == dtype
+    torch.testing.assert_close(y.float(), ref(xh.detach().float()), rtol=1e-2, atol=1e-2)
+    y.float().sum().backward()
+    assert xh.grad.dtype == dtype and torch.isfinite(xh.grad.float()).all()

@@ -216,3 +216,19 @@ def test_fc7_activation_is_the_4096d_relu_output():
 def test_top_level_api():
     assert alexnet.create_model is create_model
     assert "alexnet" in alexnet.list_models()
+
+
+def test_locally_connected_equals_a_per_position_reference():
+    from alexnet.models.layers import LocallyConnected2d
+
+    layer = LocallyConnected2d(3, 4, 3, input_size=5, padding=1)
+    x = torch.randn(2, 3, 5, 5)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    ref = torch.empty(2, 4, 5, 5)
+    for i in range(5):
+        for j in range(5):
+            patch = padded[:, :, i : i + 3, j : j + 3].reshape(2, -1)  # (N, C*k*k), channel-major like unfold
+            ref[:, :, i, j] = patch @ layer.weight[i * 5 + j].T + layer.bias[:, i, j]
+    torch.testing.assert_close(layer(x), ref, rtol=1e-5, atol=1e-6)
+    # unshared: two positions' filters are different parameters
+    assert not torch.equal(layer.weight[0], layer.weight[1])

@@ -68,8 +68,9 @@ class LocallyConnected2d(nn.Module):
         if h != self.input_size or w != self.input_size:
             raise ValueError(f"LocallyConnected2d built for {self.input_size}x{self.input_size} input, got {h}x{w}")
         cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)  # (N, C*k*k, L)
-        out = torch.einsum("ncl,loc->nol", cols, self.weight)  # (N, O, L)
-        return out.reshape(n, self.out_channels, self.output_size, self.output_size) + self.bias
+        # one small GEMM per position, batched: (L, N, C*k*k) @ (L, C*k*k, O) -> (L, N, O)
+        out = torch.bmm(cols.permute(2, 0, 1), self.weight.transpose(1, 2))
+        return out.permute(1, 2, 0).reshape(n, self.out_channels, self.output_size, self.output_size) + self.bias
 
     def extra_repr(self) -> str:
         return (

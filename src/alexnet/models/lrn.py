@@ -16,7 +16,7 @@ Why our own: the built-in builds the window sum with a padded 3-D average pool a
 differentiates through it with autograd; on a 2-core CPU it is ~40% of a whole AlexNet
 forward. Two backends here, both with a hand-written backward:
 
-- ``fused`` (float32 on CPU): a small C++ kernel (csrc/lrn_cpu.cpp), one pass over memory
+- ``fused`` (CPU; bf16/fp16 computed in float32): a small C++ kernel (csrc/lrn_cpu.cpp), one pass over memory
   forward and one backward, compiled on first use with torch's extension builder and cached;
 - ``torch`` (any dtype and device, and the fallback where no compiler is found): the window
   sum as n-1 shifted in-place adds, rsqrt for beta=0.75, only input and denominator saved.
@@ -67,10 +67,11 @@ def backend_for(x: Tensor) -> str:
     choice = os.environ.get("ALEXNET_LRN_BACKEND", "auto")
     if choice not in BACKENDS:
         raise ValueError(f"ALEXNET_LRN_BACKEND={choice!r}; choose one of {BACKENDS}")
-    eligible = x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() >= 3
+    # bf16/fp16 (autocast) run through the float32 kernel: one cast each way beats the composite
+    eligible = x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16, torch.float16) and x.dim() >= 3
     if choice == "torch" or not eligible:
         if choice == "fused" and not eligible:
-            raise ValueError(f"the fused LRN takes float32 CPU tensors, got {x.dtype} on {x.device}")
+            raise ValueError(f"the fused LRN takes float CPU tensors, got {x.dtype} on {x.device}")
         return "torch"
     if _load_kernel() is None:
         if choice == "fused":
@@ -117,12 +118,14 @@ class _FusedLRN(torch.autograd.Function):
     def forward(ctx, x: Tensor, size: int, scale: float, beta: float, k: float) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x)
         ctx.params = (size, scale, beta, k)
-        return _kernel.forward(x, size, scale, beta, k)
+        y = _kernel.forward(x.float(), size, scale, beta, k)
+        return y if x.dtype == torch.float32 else y.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        return _kernel.backward(grad_out, x, *ctx.params), None, None, None, None
+        gx = _kernel.backward(grad_out.float(), x.float(), *ctx.params)
+        return (gx if x.dtype == torch.float32 else gx.to(x.dtype)), None, None, None, None
 
 
 class _LRNFunction(torch.autograd.Function):

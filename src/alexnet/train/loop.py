@@ -221,6 +221,7 @@ class Trainer:
         cfg, run = self.cfg, self.run
         if self.dist.is_main:
             run.lock()
+            run.enable_tensorboard()
             if self.resume_ckpt is None:
                 run.write_config(cfg.to_dict(), {"data_path": str(self.data_path)}, str(self.device))
             else:

@@ -29,6 +29,16 @@ class RunDir:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._lock_fd: int | None = None
+        self._tb: Any = None
+
+    def enable_tensorboard(self) -> bool:
+        """Mirror numeric metrics to RUN_DIR/tensorboard when the tensorboard package is installed."""
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return False
+        self._tb = SummaryWriter(str(self.path / "tensorboard"))
+        return True
 
     @property
     def last(self) -> Path:
@@ -57,6 +67,9 @@ class RunDir:
         self._lock_fd = fd
 
     def unlock(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -81,6 +94,11 @@ class RunDir:
     def log(self, record: dict[str, Any]) -> None:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
+        if self._tb is not None and "step" in record:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tb.add_scalar(key, value, record["step"])
+            self._tb.flush()
 
     def truncate_metrics(self, step: int) -> None:
         """On resume: drop records written after the checkpoint we resume from (they will be redone)."""

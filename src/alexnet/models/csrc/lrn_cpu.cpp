@@ -126,46 +126,51 @@ void backward_nchw(const float* x, const float* g, float* gx, int64_t N, int64_t
 }
 
 // ---------------------------------------------------------------- channels last
+// Channels are contiguous per pixel. The window sum runs over a zero-padded copy of the pixel's
+// squares, so every term is a shifted contiguous load and the loop over channels vectorises.
 void forward_nhwc(const float* x, float* y, int64_t P, int64_t C, Window w, float scale,
                   float beta, float k) {
+  const int64_t size = w.before + w.after + 1;
   at::parallel_for(0, P, 64, [&](int64_t begin, int64_t end) {
-    std::vector<float> sq(C);
+    std::vector<float> pad(C + size, 0.f), acc(C);
+    float* sq = pad.data() + w.before;  // sq[c - before .. c + after] is always in bounds
     for (int64_t p = begin; p < end; ++p) {
       const float* xp = x + p * C;
       float* yp = y + p * C;
       for (int64_t c = 0; c < C; ++c) sq[c] = xp[c] * xp[c];
-      for (int64_t c = 0; c < C; ++c) {
-        float acc = 0.f;
-        for (int64_t cc = w.lo(c); cc <= w.hi(c); ++cc) acc += sq[cc];
-        yp[c] = xp[c] * neg_pow(k + scale * acc, beta);
-      }
+      for (int64_t c = 0; c < C; ++c) acc[c] = 0.f;
+      for (int64_t o = -w.before; o <= w.after; ++o)
+        for (int64_t c = 0; c < C; ++c) acc[c] += sq[c + o];
+      for (int64_t c = 0; c < C; ++c) yp[c] = xp[c] * neg_pow(k + scale * acc[c], beta);
     }
   });
 }
 
 void backward_nhwc(const float* x, const float* g, float* gx, int64_t P, int64_t C, Window w,
                    float scale, float beta, float k) {
-  const Window wt{w.after, w.before, C};
+  const int64_t size = w.before + w.after + 1;
   const float coef = 2.f * scale * beta;
   at::parallel_for(0, P, 64, [&](int64_t begin, int64_t end) {
-    std::vector<float> sq(C), inv(C), t(C);
+    std::vector<float> sqpad(C + size, 0.f), tpad(C + size, 0.f), inv(C), acc(C);
+    float* sq = sqpad.data() + w.before;
+    float* t = tpad.data() + w.after;  // the transposed window reaches `after` back and `before` ahead
     for (int64_t p = begin; p < end; ++p) {
       const float* xp = x + p * C;
       const float* gp = g + p * C;
       float* op = gx + p * C;
       for (int64_t c = 0; c < C; ++c) sq[c] = xp[c] * xp[c];
+      for (int64_t c = 0; c < C; ++c) acc[c] = 0.f;
+      for (int64_t o = -w.before; o <= w.after; ++o)
+        for (int64_t c = 0; c < C; ++c) acc[c] += sq[c + o];
       for (int64_t c = 0; c < C; ++c) {
-        float acc = 0.f;
-        for (int64_t cc = w.lo(c); cc <= w.hi(c); ++cc) acc += sq[cc];
-        const float d = k + scale * acc;
+        const float d = k + scale * acc[c];
         inv[c] = neg_pow(d, beta);
         t[c] = gp[c] * xp[c] * inv[c] / d;
       }
-      for (int64_t c = 0; c < C; ++c) {
-        float acc = 0.f;
-        for (int64_t cc = wt.lo(c); cc <= wt.hi(c); ++cc) acc += t[cc];
-        op[c] = gp[c] * inv[c] - coef * xp[c] * acc;
-      }
+      for (int64_t c = 0; c < C; ++c) acc[c] = 0.f;
+      for (int64_t o = -w.after; o <= w.before; ++o)
+        for (int64_t c = 0; c < C; ++c) acc[c] += t[c + o];
+      for (int64_t c = 0; c < C; ++c) op[c] = gp[c] * inv[c] - coef * xp[c] * acc[c];
     }
   });
 }
