@@ -16,14 +16,23 @@ namespace {
 
 constexpr int64_t kBlock = 512;  // pixels per work item in NCHW: C*512 floats stay in L2
 
-inline float neg_pow(float d, float beta) {
+// out[i] = d[i]^-beta, with the branch on beta outside the loop so each loop vectorises.
+inline void neg_pow_n(const float* __restrict d, float* __restrict out, int64_t n, float beta) {
   if (beta == 0.75f) {
-    float r = 1.0f / std::sqrt(d);
-    return r * std::sqrt(r);
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const float r = 1.0f / std::sqrt(d[i]);
+      out[i] = r * std::sqrt(r);
+    }
+  } else if (beta == 0.5f) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) out[i] = 1.0f / std::sqrt(d[i]);
+  } else if (beta == 1.0f) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) out[i] = 1.0f / d[i];
+  } else {
+    for (int64_t i = 0; i < n; ++i) out[i] = std::pow(d[i], -beta);
   }
-  if (beta == 0.5f) return 1.0f / std::sqrt(d);
-  if (beta == 1.0f) return 1.0f / d;
-  return std::pow(d, -beta);
 }
 
 // window of input channels feeding output channel c: [c - before, c + after] clipped to [0, C)
@@ -65,7 +74,12 @@ void forward_nchw(const float* x, float* y, int64_t N, int64_t C, int64_t S, Win
           const float* q = sq.data() + cc * kBlock;
           for (int64_t j = 0; j < len; ++j) acc[j] += q[j];
         }
-        for (int64_t j = 0; j < len; ++j) yc[j] = xc[j] * neg_pow(k + scale * acc[j], beta);
+        float iv[kBlock];
+#pragma omp simd
+        for (int64_t j = 0; j < len; ++j) acc[j] = k + scale * acc[j];
+        neg_pow_n(acc, iv, len, beta);
+#pragma omp simd
+        for (int64_t j = 0; j < len; ++j) yc[j] = xc[j] * iv[j];
       }
     }
   });
@@ -100,12 +114,11 @@ void backward_nchw(const float* x, const float* g, float* gx, int64_t N, int64_t
         const float* gc = g + off + c * S;
         float* ic = inv.data() + c * kBlock;
         float* tc = t.data() + c * kBlock;
-        for (int64_t j = 0; j < len; ++j) {
-          const float d = k + scale * acc[j];
-          const float iv = neg_pow(d, beta);
-          ic[j] = iv;
-          tc[j] = gc[j] * xc[j] * iv / d;
-        }
+#pragma omp simd
+        for (int64_t j = 0; j < len; ++j) acc[j] = k + scale * acc[j];
+        neg_pow_n(acc, ic, len, beta);
+#pragma omp simd
+        for (int64_t j = 0; j < len; ++j) tc[j] = gc[j] * xc[j] * ic[j] / acc[j];
       }
       for (int64_t c = 0; c < C; ++c) {
         const int64_t lo = wt.lo(c), hi = wt.hi(c);
@@ -127,21 +140,29 @@ void backward_nchw(const float* x, const float* g, float* gx, int64_t N, int64_t
 
 // ---------------------------------------------------------------- channels last
 // Channels are contiguous per pixel. The window sum runs over a zero-padded copy of the pixel's
-// squares, so every term is a shifted contiguous load and the loop over channels vectorises.
+// squares, so every term is a shifted contiguous load and each loop over channels vectorises.
 void forward_nhwc(const float* x, float* y, int64_t P, int64_t C, Window w, float scale,
                   float beta, float k) {
   const int64_t size = w.before + w.after + 1;
   at::parallel_for(0, P, 64, [&](int64_t begin, int64_t end) {
-    std::vector<float> pad(C + size, 0.f), acc(C);
-    float* sq = pad.data() + w.before;  // sq[c - before .. c + after] is always in bounds
+    std::vector<float> pad(C + size, 0.f), acc(C), inv(C);
+    float* __restrict sq = pad.data() + w.before;  // sq[c - before .. c + after] is always in bounds
+    float* __restrict a = acc.data();
+    float* __restrict iv = inv.data();
     for (int64_t p = begin; p < end; ++p) {
-      const float* xp = x + p * C;
-      float* yp = y + p * C;
+      const float* __restrict xp = x + p * C;
+      float* __restrict yp = y + p * C;
+#pragma omp simd
       for (int64_t c = 0; c < C; ++c) sq[c] = xp[c] * xp[c];
-      for (int64_t c = 0; c < C; ++c) acc[c] = 0.f;
-      for (int64_t o = -w.before; o <= w.after; ++o)
-        for (int64_t c = 0; c < C; ++c) acc[c] += sq[c + o];
-      for (int64_t c = 0; c < C; ++c) yp[c] = xp[c] * neg_pow(k + scale * acc[c], beta);
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) a[c] = k;
+      for (int64_t o = -w.before; o <= w.after; ++o) {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) a[c] += scale * sq[c + o];
+      }
+      neg_pow_n(a, iv, C, beta);
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) yp[c] = xp[c] * iv[c];
     }
   });
 }
@@ -152,25 +173,33 @@ void backward_nhwc(const float* x, const float* g, float* gx, int64_t P, int64_t
   const float coef = 2.f * scale * beta;
   at::parallel_for(0, P, 64, [&](int64_t begin, int64_t end) {
     std::vector<float> sqpad(C + size, 0.f), tpad(C + size, 0.f), inv(C), acc(C);
-    float* sq = sqpad.data() + w.before;
-    float* t = tpad.data() + w.after;  // the transposed window reaches `after` back and `before` ahead
+    float* __restrict sq = sqpad.data() + w.before;
+    float* __restrict t = tpad.data() + w.after;  // the transposed window: `after` back, `before` ahead
+    float* __restrict a = acc.data();
+    float* __restrict iv = inv.data();
     for (int64_t p = begin; p < end; ++p) {
-      const float* xp = x + p * C;
-      const float* gp = g + p * C;
-      float* op = gx + p * C;
+      const float* __restrict xp = x + p * C;
+      const float* __restrict gp = g + p * C;
+      float* __restrict op = gx + p * C;
+#pragma omp simd
       for (int64_t c = 0; c < C; ++c) sq[c] = xp[c] * xp[c];
-      for (int64_t c = 0; c < C; ++c) acc[c] = 0.f;
-      for (int64_t o = -w.before; o <= w.after; ++o)
-        for (int64_t c = 0; c < C; ++c) acc[c] += sq[c + o];
-      for (int64_t c = 0; c < C; ++c) {
-        const float d = k + scale * acc[c];
-        inv[c] = neg_pow(d, beta);
-        t[c] = gp[c] * xp[c] * inv[c] / d;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) a[c] = k;
+      for (int64_t o = -w.before; o <= w.after; ++o) {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) a[c] += scale * sq[c + o];
       }
-      for (int64_t c = 0; c < C; ++c) acc[c] = 0.f;
-      for (int64_t o = -w.after; o <= w.before; ++o)
-        for (int64_t c = 0; c < C; ++c) acc[c] += t[c + o];
-      for (int64_t c = 0; c < C; ++c) op[c] = gp[c] * inv[c] - coef * xp[c] * acc[c];
+      neg_pow_n(a, iv, C, beta);
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) t[c] = gp[c] * xp[c] * iv[c] / a[c];
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) a[c] = 0.f;
+      for (int64_t o = -w.after; o <= w.before; ++o) {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) a[c] += t[c + o];
+      }
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) op[c] = gp[c] * iv[c] - coef * xp[c] * a[c];
     }
   });
 }
