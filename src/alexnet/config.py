@@ -106,18 +106,25 @@ def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 # 224 crops + flips + PCA lighting from 256 images, mean image subtracted.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
-    # The CPU demo: alexnet-small on Fashion-MNIST 28x28. Short and fast: Nesterov SGD with a
-    # one-cycle schedule and label smoothing instead of the paper's plateau schedule (which
-    # needs tens of epochs); pad-and-crop + flips, no PCA lighting (grayscale), flip at test.
-    # Measured in docs/reproduction.md.
+    # The CPU demo: alexnet-small on Fashion-MNIST 28x28, sized for ~9 minutes on 2 cores
+    # (docs/reproduction.md). Short and fast: Nesterov SGD with a one-cycle schedule and label
+    # smoothing instead of the paper's plateau schedule (which needs tens of epochs); dropout
+    # 0.1 and flips only, no translations: at 10 epochs the net under-fits (dropout 0.5 with
+    # pad-and-crop ended at train error ~ test error, 92.2%; the paper notes dropout roughly
+    # doubles the iterations needed); no PCA lighting (grayscale); flip at test; bf16 autocast
+    # and channels_last (1.6x the fp32 NCHW step here).
     "demo": {
-        "model": {"arch": "alexnet-small", "options": {"init": "kaiming"}},
-        "data": {"crop": 28, "pad": 2, "flip": True, "lighting": 0.0, "mean": "channel", "divide_std": True,
-                 "workers": 2, "val_split": "test", "flip_eval": True},
+        "model": {"arch": "alexnet-small", "options": {"init": "kaiming", "widths": [48, 96, 144, 144, 96],
+                                                     "fc": [512, 512], "dropout": 0.1}},
+        "data": {"crop": 28, "pad": 0, "flip": True, "lighting": 0.0, "mean": "channel", "divide_std": True,
+                 "workers": 1, "val_split": "test", "flip_eval": True},
         "optim": {"name": "nesterov", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "onecycle",
                   "warmup_epochs": 1.0, "label_smoothing": 0.1},
-        "epochs": 8,
+        "epochs": 10,
+        "eval_every": 5,
         "batch_size": 256,
+        "precision": "bf16",
+        "channels_last": True,
         "log_every": 50,
         "checkpoint_every": 200,
     },
