@@ -68,7 +68,7 @@ class TrainConfig:
     batch_size: int = 128  # global batch (split across ranks)
     seed: int = 0
     precision: str = "fp32"  # bf16 autocast on CPU/GPU, fp16 on GPU only
-    channels_last: bool = False
+    channels_last: bool = True  # NHWC: oneDNN convs and max-pool are much faster on CPU (docs/benchmarks.md)
     compile: bool = False
     deterministic: bool = False  # deterministic kernels (exact resume and DDP-equality tests)
     log_every: int = 50  # steps between metric lines (the only host syncs in the loop)

@@ -150,7 +150,7 @@ def predictions_grid(
     n = len(images)
     rows = int(math.ceil(n / cols))
     fig, axes = plt.subplots(rows, 2 * cols, figsize=(5.2 * cols, 1.9 * rows),
-                             gridspec_kw={"width_ratios": [1, 1.6] * cols})  # fmt: skip
+                             gridspec_kw={"width_ratios": [1, 1.6] * cols, "wspace": 0.7})  # fmt: skip
     axes = np.atleast_2d(axes)
     for ax in axes.flat:
         ax.axis("off")

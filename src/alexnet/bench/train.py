@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="our model in channels_last")  # fmt: skip
     p.add_argument("--bf16", action="store_true", help="also time our model under bf16 autocast")
     p.add_argument("--compile", action="store_true", help="also time our model under torch.compile")

@@ -150,8 +150,8 @@ class Trainer:
             self.net = self.model
         self.preprocess, self.mean_image = preprocess_for(cfg.data, self.train_store)
         self.train_tf = train_transform(cfg.data, self.train_store)
-        self.eval_views = eval_views(self.preprocess, self.mean_image, self.device,
-                                     "ten-crop" if cfg.data.ten_crop_eval else "flip" if cfg.data.flip_eval else "center")  # fmt: skip
+        self.view_mode = "ten-crop" if cfg.data.ten_crop_eval else "flip" if cfg.data.flip_eval else "center"
+        self.eval_views = eval_views(self.preprocess, self.mean_image, self.device, self.view_mode)
         self.loader = Loader(self.train_store, cfg.batch_size // self.dist.world_size, shuffle=True, seed=cfg.seed,
                              rank=self.dist.rank, world_size=self.dist.world_size, drop_last=True,
                              workers=cfg.data.workers)  # fmt: skip
@@ -215,7 +215,8 @@ class Trainer:
                         world_size=self.dist.world_size, drop_last=False, workers=self.cfg.data.workers)  # fmt: skip
         model = self.net if not isinstance(self.net, nn.parallel.DistributedDataParallel) else self.net.module
         return evaluate_batches(model, loader.epoch_batches(0), self.eval_views, self.train_store.num_classes,
-                                self.device, autocast_dtype=self.autocast, distributed=self.dist.enabled)  # fmt: skip
+                                self.device, views=self.view_mode, autocast_dtype=self.autocast,
+                                distributed=self.dist.enabled)  # fmt: skip
 
     def fit(self) -> dict[str, Any]:
         cfg, run = self.cfg, self.run
