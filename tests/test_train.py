@@ -154,3 +154,14 @@ def test_ddp_two_processes_equal_single_process(fashion_small, tmp_path):
     # in a different order at batch 16 than at 32). A wrong shard or averaging differs by ~1e-2.
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=k)
+
+
+def test_model_parallel_training_matches_the_grouped_model(fashion_small, tmp_path):
+    extra = ("max_steps=4", "precision=fp32", "model.options.dropout=0.0", "deterministic=true")
+    train(tiny_cfg(*extra), fashion_small, tmp_path / "one", progress=False)
+    train(tiny_cfg(*extra), fashion_small, tmp_path / "two", progress=False, model_parallel=("cpu", "cpu"))
+    a = load_checkpoint(tmp_path / "one" / "last.pt")
+    b = load_checkpoint(tmp_path / "two" / "last.pt")  # saved in the grouped layout
+    assert list(a["state_dict"]) == list(b["state_dict"])
+    for k in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=1e-4, atol=1e-5, msg=k)
