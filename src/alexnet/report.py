@@ -104,6 +104,3 @@ def _elapsed(run: RunDir) -> float | None:
     stamps = [m["time"] for m in run.metrics() if "time" in m]
     return stamps[-1] - stamps[0] if len(stamps) >= 2 else None
 
-
-def load_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    return RunDir(run_dir).metrics()

@@ -51,11 +51,3 @@ def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
 
-
-def broadcast_flag(info: DistInfo, flag: bool) -> bool:
-    """Rank 0's decision for everyone (e.g. stop on a non-finite loss)."""
-    if not info.enabled:
-        return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
-    dist.broadcast(t, src=0)
-    return bool(t.item())
