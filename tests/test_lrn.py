@@ -73,3 +73,25 @@ def test_half_precision_inputs_are_computed_in_float32(backend, dtype):
     torch.testing.assert_close(y.float(), ref(xh.detach().float()), rtol=1e-2, atol=1e-2)
     y.float().sum().backward()
     assert xh.grad.dtype == dtype and torch.isfinite(xh.grad.float()).all()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", [(3, 48, 9, 9), (2, 7, 3, 5), (1, 2, 4, 4)])
+def test_fused_bf16_is_the_float32_result_rounded_once(monkeypatch, shape, channels_last):
+    """The kernel reads bf16 and computes in float32 without cast copies; the result must be the
+    float32 kernel's on the same (bf16-representable) values, rounded to bf16 once, NaN kept."""
+    monkeypatch.setenv("ALEXNET_LRN_BACKEND", "fused")
+    torch.manual_seed(1)
+    x = (torch.randn(*shape) * 4).bfloat16()
+    x[0, 0, 0, 0] = float("nan")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    xb, xf = x.clone().requires_grad_(), x.float().requires_grad_()
+    yb, yf = local_response_norm(xb, 5, 1e-2, 0.75, 2.0), local_response_norm(xf, 5, 1e-2, 0.75, 2.0)
+    assert yb.dtype == torch.bfloat16 and yb.is_contiguous(memory_format=torch.channels_last) == channels_last
+    torch.testing.assert_close(yb, yf.bfloat16(), rtol=0, atol=0, equal_nan=True)
+    g = torch.randn(shape).bfloat16()
+    yb.backward(g)
+    yf.backward(g.float())
+    assert xb.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(xb.grad, xf.grad.bfloat16(), rtol=0, atol=0, equal_nan=True)

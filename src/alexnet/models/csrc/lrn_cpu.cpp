@@ -1,4 +1,5 @@
-// Fused local response normalization for float32 CPU tensors (PAPER.md section 3.3).
+// Fused local response normalization for CPU tensors (PAPER.md section 3.3): float32, and
+// bfloat16/float16 read and written in their own type with the arithmetic in float32.
 //
 //   denom_i = k + scale * sum_{j = i - before}^{i + after} a_j^2,   b_i = a_i * denom_i^-beta
 //
@@ -6,7 +7,9 @@
 // elementwise passes a composition of torch ops needs. Two layouts: contiguous NCHW
 // (channels strided by H*W: blocks of pixels, vectorised over pixels) and channels_last
 // (channels contiguous per pixel). The backward recomputes denom from the input, so
-// only the input is saved.
+// only the input is saved. Reduced-precision tensors are converted element by element as they
+// are read and written: no float32 copy of the tensor is ever made (under bf16 autocast the
+// casts around a float32-only kernel took as long as the kernel itself).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cmath>
@@ -35,6 +38,36 @@ inline void neg_pow_n(const float* __restrict d, float* __restrict out, int64_t 
   }
 }
 
+// Rows of T <-> float32. bfloat16 is the top half of a float32, so its conversions are shifts and
+// an add (round to nearest even, NaN kept NaN, as c10::BFloat16) that vectorise; the c10 type's
+// own scalar conversion did not, and made the bf16 kernel slower than the float32 one.
+template <typename T>
+inline void load_row(const T* __restrict in, float* __restrict out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = float(in[i]);
+}
+template <typename T>
+inline void store_row(const float* __restrict in, T* __restrict out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = T(in[i]);
+}
+template <>
+inline void load_row<c10::BFloat16>(const c10::BFloat16* __restrict in, float* __restrict out, int64_t n) {
+  const uint16_t* __restrict u = reinterpret_cast<const uint16_t*>(in);
+  uint32_t* __restrict o = reinterpret_cast<uint32_t*>(out);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) o[i] = uint32_t(u[i]) << 16;
+}
+template <>
+inline void store_row<c10::BFloat16>(const float* __restrict in, c10::BFloat16* __restrict out, int64_t n) {
+  const uint32_t* __restrict b = reinterpret_cast<const uint32_t*>(in);
+  uint16_t* __restrict o = reinterpret_cast<uint16_t*>(out);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t u = b[i];
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    o[i] = (u & 0x7fffffffu) > 0x7f800000u ? uint16_t(0x7fc0) : uint16_t(rounded);  // (fast-math drops x != x)
+  }
+}
+
 // window of input channels feeding output channel c: [c - before, c + after] clipped to [0, C)
 struct Window {
   int64_t before, after, C;
@@ -44,12 +77,15 @@ struct Window {
 
 void check(const at::Tensor& x) {
   TORCH_CHECK(x.device().is_cpu(), "lrn_cpu: expected a CPU tensor");
-  TORCH_CHECK(x.scalar_type() == at::kFloat, "lrn_cpu: expected float32");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16 ||
+                  x.scalar_type() == at::kHalf,
+              "lrn_cpu: expected float32, bfloat16 or float16");
   TORCH_CHECK(x.dim() >= 3, "lrn_cpu: expected (N, C, ...) input");
 }
 
 // ---------------------------------------------------------------- NCHW, contiguous
-void forward_nchw(const float* x, float* y, int64_t N, int64_t C, int64_t S, Window w,
+template <typename T>
+void forward_nchw(const T* x, T* y, int64_t N, int64_t C, int64_t S, Window w,
                   float scale, float beta, float k) {
   const int64_t nblocks = (S + kBlock - 1) / kBlock;
   at::parallel_for(0, N * nblocks, 1, [&](int64_t begin, int64_t end) {
@@ -57,17 +93,17 @@ void forward_nchw(const float* x, float* y, int64_t N, int64_t C, int64_t S, Win
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / nblocks, s0 = (item % nblocks) * kBlock;
       const int64_t len = std::min(kBlock, S - s0);
-      const float* xn = x + n * C * S + s0;
-      float* yn = y + n * C * S + s0;
+      const T* xn = x + n * C * S + s0;
+      T* yn = y + n * C * S + s0;
       for (int64_t c = 0; c < C; ++c) {
-        const float* xc = xn + c * S;
+        const T* xc = xn + c * S;
         float* q = sq.data() + c * kBlock;
-        for (int64_t j = 0; j < len; ++j) q[j] = xc[j] * xc[j];
+        for (int64_t j = 0; j < len; ++j) q[j] = float(xc[j]) * float(xc[j]);
       }
       for (int64_t c = 0; c < C; ++c) {
         const int64_t lo = w.lo(c), hi = w.hi(c);
-        const float* xc = xn + c * S;
-        float* yc = yn + c * S;
+        const T* xc = xn + c * S;
+        T* yc = yn + c * S;
         float acc[kBlock];
         for (int64_t j = 0; j < len; ++j) acc[j] = 0.f;
         for (int64_t cc = lo; cc <= hi; ++cc) {
@@ -79,13 +115,14 @@ void forward_nchw(const float* x, float* y, int64_t N, int64_t C, int64_t S, Win
         for (int64_t j = 0; j < len; ++j) acc[j] = k + scale * acc[j];
         neg_pow_n(acc, iv, len, beta);
 #pragma omp simd
-        for (int64_t j = 0; j < len; ++j) yc[j] = xc[j] * iv[j];
+        for (int64_t j = 0; j < len; ++j) yc[j] = T(float(xc[j]) * iv[j]);
       }
     }
   });
 }
 
-void backward_nchw(const float* x, const float* g, float* gx, int64_t N, int64_t C, int64_t S,
+template <typename T>
+void backward_nchw(const T* x, const T* g, T* gx, int64_t N, int64_t C, int64_t S,
                    Window w, float scale, float beta, float k) {
   const int64_t nblocks = (S + kBlock - 1) / kBlock;
   const Window wt{w.after, w.before, C};  // transposed window
@@ -97,9 +134,9 @@ void backward_nchw(const float* x, const float* g, float* gx, int64_t N, int64_t
       const int64_t len = std::min(kBlock, S - s0);
       const int64_t off = n * C * S + s0;
       for (int64_t c = 0; c < C; ++c) {
-        const float* xc = x + off + c * S;
+        const T* xc = x + off + c * S;
         float* q = sq.data() + c * kBlock;
-        for (int64_t j = 0; j < len; ++j) q[j] = xc[j] * xc[j];
+        for (int64_t j = 0; j < len; ++j) q[j] = float(xc[j]) * float(xc[j]);
       }
       // inv = denom^-beta; t = g * a * denom^(-beta-1)
       for (int64_t c = 0; c < C; ++c) {
@@ -110,15 +147,15 @@ void backward_nchw(const float* x, const float* g, float* gx, int64_t N, int64_t
           const float* q = sq.data() + cc * kBlock;
           for (int64_t j = 0; j < len; ++j) acc[j] += q[j];
         }
-        const float* xc = x + off + c * S;
-        const float* gc = g + off + c * S;
+        const T* xc = x + off + c * S;
+        const T* gc = g + off + c * S;
         float* ic = inv.data() + c * kBlock;
         float* tc = t.data() + c * kBlock;
 #pragma omp simd
         for (int64_t j = 0; j < len; ++j) acc[j] = k + scale * acc[j];
         neg_pow_n(acc, ic, len, beta);
 #pragma omp simd
-        for (int64_t j = 0; j < len; ++j) tc[j] = gc[j] * xc[j] * ic[j] / acc[j];
+        for (int64_t j = 0; j < len; ++j) tc[j] = float(gc[j]) * float(xc[j]) * ic[j] / acc[j];
       }
       for (int64_t c = 0; c < C; ++c) {
         const int64_t lo = wt.lo(c), hi = wt.hi(c);
@@ -128,78 +165,113 @@ void backward_nchw(const float* x, const float* g, float* gx, int64_t N, int64_t
           const float* tc = t.data() + cc * kBlock;
           for (int64_t j = 0; j < len; ++j) acc[j] += tc[j];
         }
-        const float* xc = x + off + c * S;
-        const float* gc = g + off + c * S;
+        const T* xc = x + off + c * S;
+        const T* gc = g + off + c * S;
         const float* ic = inv.data() + c * kBlock;
-        float* oc = gx + off + c * S;
-        for (int64_t j = 0; j < len; ++j) oc[j] = gc[j] * ic[j] - coef * xc[j] * acc[j];
+        T* oc = gx + off + c * S;
+        for (int64_t j = 0; j < len; ++j) oc[j] = T(float(gc[j]) * ic[j] - coef * float(xc[j]) * acc[j]);
       }
     }
   });
 }
 
 // ---------------------------------------------------------------- channels last
-// Channels are contiguous per pixel. The window sum runs over a zero-padded copy of the pixel's
-// squares, so every term is a shifted contiguous load and each loop over channels vectorises.
-void forward_nhwc(const float* x, float* y, int64_t P, int64_t C, Window w, float scale,
+// Channels are contiguous per pixel, so a block of pixels is one flat row of np * C values. Each
+// pass (squares, window sum, power, products) is a single long loop over that row, which
+// vectorises; a loop per pixel was dominated by loop overhead at AlexNet's 48-96 channels. The
+// window sum's shifted loads run across pixel boundaries, so the few channels at each pixel's
+// edges are then summed again over their clipped window (exact, no subtraction).
+constexpr int64_t kRow = 4096;  // target floats per block: the block's buffers stay in L2
+
+// dst[q*C + c] = sum of src[q*C + c + o] for o in [-before, after] with 0 <= c + o < C.
+// src must be readable (zeros) from -before to np*C + after.
+inline void window_sum_rows(const float* __restrict src, float* __restrict dst, int64_t np,
+                            int64_t C, int64_t before, int64_t after) {
+  const int64_t L = np * C;
+#pragma omp simd
+  for (int64_t i = 0; i < L; ++i) dst[i] = src[i];
+  for (int64_t o = -before; o <= after; ++o) {
+    if (o == 0) continue;
+#pragma omp simd
+    for (int64_t i = 0; i < L; ++i) dst[i] += src[i + o];
+  }
+  const int64_t head = std::min(before, C), tail = std::max(C - after, head);
+  for (int64_t q = 0; q < np; ++q) {
+    const float* sp = src + q * C;
+    float* dp = dst + q * C;
+    auto clipped = [&](int64_t c) {
+      const int64_t lo = std::max<int64_t>(0, c - before), hi = std::min<int64_t>(C - 1, c + after);
+      float acc = 0.f;
+      for (int64_t j = lo; j <= hi; ++j) acc += sp[j];
+      dp[c] = acc;
+    };
+    for (int64_t c = 0; c < head; ++c) clipped(c);
+    for (int64_t c = tail; c < C; ++c) clipped(c);
+  }
+}
+
+// Per-thread scratch rows, each with `margin` zeros on both sides for the shifted loads.
+struct Rows {
+  int64_t margin;
+  std::vector<float> mem;
+  int64_t stride;
+  Rows(int count, int64_t len, int64_t margin)
+      : margin(margin), mem(count * (len + 2 * margin), 0.f), stride(len + 2 * margin) {}
+  float* operator[](int i) { return mem.data() + i * stride + margin; }
+};
+
+template <typename T>
+void forward_nhwc(const T* x, T* y, int64_t P, int64_t C, Window w, float scale,
                   float beta, float k) {
-  const int64_t size = w.before + w.after + 1;
-  at::parallel_for(0, P, 64, [&](int64_t begin, int64_t end) {
-    std::vector<float> pad(C + size, 0.f), acc(C), inv(C);
-    float* __restrict sq = pad.data() + w.before;  // sq[c - before .. c + after] is always in bounds
-    float* __restrict a = acc.data();
-    float* __restrict iv = inv.data();
-    for (int64_t p = begin; p < end; ++p) {
-      const float* __restrict xp = x + p * C;
-      float* __restrict yp = y + p * C;
+  const int64_t block = std::max<int64_t>(1, kRow / std::max<int64_t>(C, 1));
+  const int64_t margin = std::max(w.before, w.after);
+  at::parallel_for(0, (P + block - 1) / block, 1, [&](int64_t begin, int64_t end) {
+    Rows rows(4, block * C, margin);
+    float *xf = rows[0], *sq = rows[1], *d = rows[2], *out = rows[3];
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t p0 = b * block, np = std::min(block, P - p0), L = np * C;
+      load_row(x + p0 * C, xf, L);
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) sq[c] = xp[c] * xp[c];
+      for (int64_t i = 0; i < L; ++i) sq[i] = xf[i] * xf[i];
+      for (int64_t i = L; i < L + margin; ++i) sq[i] = 0.f;  // a short last block leaves stale values
+      window_sum_rows(sq, d, np, C, w.before, w.after);
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) a[c] = k;
-      for (int64_t o = -w.before; o <= w.after; ++o) {
+      for (int64_t i = 0; i < L; ++i) d[i] = k + scale * d[i];
+      neg_pow_n(d, out, L, beta);
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) a[c] += scale * sq[c + o];
-      }
-      neg_pow_n(a, iv, C, beta);
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) yp[c] = xp[c] * iv[c];
+      for (int64_t i = 0; i < L; ++i) out[i] *= xf[i];
+      store_row(out, y + p0 * C, L);
     }
   });
 }
 
-void backward_nhwc(const float* x, const float* g, float* gx, int64_t P, int64_t C, Window w,
+template <typename T>
+void backward_nhwc(const T* x, const T* g, T* gx, int64_t P, int64_t C, Window w,
                    float scale, float beta, float k) {
-  const int64_t size = w.before + w.after + 1;
+  const int64_t block = std::max<int64_t>(1, kRow / std::max<int64_t>(C, 1));
+  const int64_t margin = std::max(w.before, w.after);
   const float coef = 2.f * scale * beta;
-  at::parallel_for(0, P, 64, [&](int64_t begin, int64_t end) {
-    std::vector<float> sqpad(C + size, 0.f), tpad(C + size, 0.f), inv(C), acc(C);
-    float* __restrict sq = sqpad.data() + w.before;
-    float* __restrict t = tpad.data() + w.after;  // the transposed window: `after` back, `before` ahead
-    float* __restrict a = acc.data();
-    float* __restrict iv = inv.data();
-    for (int64_t p = begin; p < end; ++p) {
-      const float* __restrict xp = x + p * C;
-      const float* __restrict gp = g + p * C;
-      float* __restrict op = gx + p * C;
+  at::parallel_for(0, (P + block - 1) / block, 1, [&](int64_t begin, int64_t end) {
+    Rows rows(6, block * C, margin);
+    float *xf = rows[0], *gf = rows[1], *sq = rows[2], *d = rows[3], *iv = rows[4], *t = rows[5];
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t p0 = b * block, np = std::min(block, P - p0), L = np * C;
+      load_row(x + p0 * C, xf, L);
+      load_row(g + p0 * C, gf, L);
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) sq[c] = xp[c] * xp[c];
+      for (int64_t i = 0; i < L; ++i) sq[i] = xf[i] * xf[i];
+      for (int64_t i = L; i < L + margin; ++i) sq[i] = t[i] = 0.f;
+      window_sum_rows(sq, d, np, C, w.before, w.after);
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) a[c] = k;
-      for (int64_t o = -w.before; o <= w.after; ++o) {
+      for (int64_t i = 0; i < L; ++i) d[i] = k + scale * d[i];
+      neg_pow_n(d, iv, L, beta);
+      // t = g * a * denom^(-beta-1); then the transposed window (`after` back, `before` ahead)
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) a[c] += scale * sq[c + o];
-      }
-      neg_pow_n(a, iv, C, beta);
+      for (int64_t i = 0; i < L; ++i) t[i] = gf[i] * xf[i] * iv[i] / d[i];
+      window_sum_rows(t, sq, np, C, w.after, w.before);
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) t[c] = gp[c] * xp[c] * iv[c] / a[c];
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) a[c] = 0.f;
-      for (int64_t o = -w.after; o <= w.before; ++o) {
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) a[c] += t[c + o];
-      }
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) op[c] = gp[c] * iv[c] - coef * xp[c] * a[c];
+      for (int64_t i = 0; i < L; ++i) d[i] = gf[i] * iv[i] - coef * xf[i] * sq[i];
+      store_row(d, gx + p0 * C, L);
     }
   });
 }
@@ -216,38 +288,48 @@ at::Tensor lrn_forward(const at::Tensor& input, int64_t size, double scale, doub
   if (is_channels_last(input)) {
     auto y = at::empty_like(input, at::MemoryFormat::ChannelsLast);
     const int64_t C = input.size(1), P = input.numel() / std::max<int64_t>(C, 1);
-    forward_nhwc(input.data_ptr<float>(), y.data_ptr<float>(), P, C, w, scale, beta, k);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "lrn_forward", [&] {
+      forward_nhwc(input.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), P, C, w, scale, beta, k);
+    });
     return y;
   }
   auto x = input.contiguous();
   auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
   const int64_t N = x.size(0), C = x.size(1), S = N * C == 0 ? 0 : x.numel() / (N * C);
-  forward_nchw(x.data_ptr<float>(), y.data_ptr<float>(), N, C, S, w, scale, beta, k);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "lrn_forward", [&] {
+    forward_nchw(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), N, C, S, w, scale, beta, k);
+  });
   return y;
 }
 
 at::Tensor lrn_backward(const at::Tensor& grad, const at::Tensor& input, int64_t size, double scale,
                         double beta, double k) {
   check(input);
+  TORCH_CHECK(grad.sizes() == input.sizes(), "lrn_cpu: grad and input shapes differ");
   const Window w{size / 2, (size - 1) / 2, input.size(1)};
+  const auto type = input.scalar_type();
   if (is_channels_last(input)) {
-    auto g = grad.contiguous(at::MemoryFormat::ChannelsLast);
+    auto g = grad.to(type).contiguous(at::MemoryFormat::ChannelsLast);
     auto gx = at::empty_like(input, at::MemoryFormat::ChannelsLast);
     const int64_t C = input.size(1), P = input.numel() / std::max<int64_t>(C, 1);
-    backward_nhwc(input.data_ptr<float>(), g.data_ptr<float>(), gx.data_ptr<float>(), P, C, w,
-                  scale, beta, k);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, type, "lrn_backward", [&] {
+      backward_nhwc(input.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(), P, C,
+                    w, scale, beta, k);
+    });
     return gx;
   }
   auto x = input.contiguous();
-  auto g = grad.contiguous();
+  auto g = grad.to(type).contiguous();
   auto gx = at::empty_like(x, at::MemoryFormat::Contiguous);
   const int64_t N = x.size(0), C = x.size(1), S = N * C == 0 ? 0 : x.numel() / (N * C);
-  backward_nchw(x.data_ptr<float>(), g.data_ptr<float>(), gx.data_ptr<float>(), N, C, S, w, scale,
-                beta, k);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, type, "lrn_backward", [&] {
+    backward_nchw(x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(), N, C, S, w,
+                  scale, beta, k);
+  });
   return gx;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &lrn_forward, "fused LRN forward (float32, CPU)");
-  m.def("backward", &lrn_backward, "fused LRN backward (float32, CPU)");
+  m.def("forward", &lrn_forward, "fused LRN forward (float32/bfloat16/float16, CPU)");
+  m.def("backward", &lrn_backward, "fused LRN backward (float32/bfloat16/float16, CPU)");
 }
