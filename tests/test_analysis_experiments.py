@@ -114,3 +114,11 @@ def test_epochs_to_threshold_and_relu_table():
     table = format_table({"experiment": "relu-vs-tanh", "arms": {"relu": arm, "tanh": tanh}, "seeds": 2, "epochs": 4,
                           "max_steps": 0, "train_eval": 10, "claim": "c", "command": "cmd"})  # fmt: skip
     assert "0.50 +- 0.10" in table and "not reached" in table and "25%: 6.00x" in table
+
+
+def test_a_training_subset_is_what_train_error_is_measured_on(rgb, tmp_path):
+    over = (*TINY, *TINY_SMALL, "data.train_subset=20")
+    saved = run_experiment("dropout", rgb, tmp_path, seeds=1, epochs=1, overrides=over, train_eval=1000)
+    for arm in saved["arms"].values():
+        run = arm["runs"][0]
+        assert run["train_images"] == 20 and run["steps"] == 20 // 16  # one epoch of the subset

@@ -82,3 +82,31 @@ def test_set_epoch_and_iter(store):
     loader = Loader(store, 25, seed=0, workers=0)
     loader.set_epoch(3)
     assert ids(list(loader), store) == loader.indices(3).tolist()
+
+
+def test_balanced_subset_is_fixed_balanced_and_validated():
+    from alexnet.data.loader import balanced_subset
+
+    labels = np.repeat(np.arange(4), [50, 50, 50, 3])  # class 3 is too small for its share
+    a = balanced_subset(labels, 40)
+    assert np.array_equal(a, balanced_subset(labels, 40)) and np.all(np.diff(a) > 0)
+    counts = np.bincount(labels[a], minlength=4)
+    assert counts.sum() == 40 and counts[3] == 3 and counts[:3].min() >= 10
+    assert not np.array_equal(a, balanced_subset(labels, 40, seed=1))
+    five = np.repeat(np.arange(5), 20)
+    even = np.bincount(five[balanced_subset(five, 23)])
+    assert sorted(even) == [4, 4, 5, 5, 5]
+    for bad in (0, len(labels) + 1):
+        with pytest.raises(ConfigError, match="subset"):
+            balanced_subset(labels, bad)
+
+
+def test_subset_draws_only_from_its_pool(store):
+    pool = np.arange(0, len(store), 3)  # 35 of the 105
+    loader = Loader(store, 10, seed=2, workers=0, subset=pool)
+    assert len(loader) == 3
+    seen = ids(loader.epoch_batches(1), store)
+    assert set(seen) <= set(pool.tolist()) and len(set(seen)) == 30
+    assert seen == loader.indices(1).tolist()
+    with pytest.raises(ConfigError, match="subset"):
+        Loader(store, 10, subset=np.array([0, len(store)]))

@@ -165,3 +165,18 @@ def test_model_parallel_training_matches_the_grouped_model(fashion_small, tmp_pa
     assert list(a["state_dict"]) == list(b["state_dict"])
     for k in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_train_subset_trains_on_a_fixed_balanced_sample(fashion_small, tmp_path):
+    from alexnet.data import open_dataset
+    from alexnet.data.loader import balanced_subset
+    from alexnet.train.loop import Trainer
+
+    trainer = Trainer(tiny_cfg("data.train_subset=100", "epochs=1"), fashion_small, tmp_path / "run", progress=False)
+    labels = open_dataset(fashion_small)["train"].labels
+    assert len(trainer.loader) == 100 // 32
+    assert set(trainer.loader.indices(0).tolist()) <= set(balanced_subset(labels, 100).tolist())
+    with pytest.raises(AlexNetError, match="train_subset"):
+        Trainer(tiny_cfg(f"data.train_subset={len(labels) + 1}"), fashion_small, tmp_path / "run2", progress=False)
+    with pytest.raises(AlexNetError, match="train_subset"):
+        tiny_cfg("data.train_subset=-1")

@@ -41,6 +41,7 @@ class DataConfig:
     val_split: str = "val"  # split used for the plateau schedule and `best`; falls back to "test"
     ten_crop_eval: bool = False  # validation with the paper's 10 views (slower)
     flip_eval: bool = False  # average the prediction of each image and its mirror at validation
+    train_subset: int = 0  # train on a fixed class-balanced sample of this many training images (0: all)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ class TrainConfig:
                            ("data.crop", self.data.crop)):  # fmt: skip
             if value < 1:
                 raise ConfigError(f"{key} must be >= 1, got {value}")
+        if self.data.train_subset < 0:
+            raise ConfigError(f"data.train_subset must be >= 0 (0: the whole training split), got {self.data.train_subset}")
         if self.optim.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.optim.lr}")
         if not 0 <= self.optim.label_smoothing < 1:

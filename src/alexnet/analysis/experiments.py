@@ -94,7 +94,8 @@ def _batches(store: Any, indices: np.ndarray, batch_size: int = 500):  # type: i
 
 
 def evaluate_run(run_dir: Path, splits: dict[str, Any], train_eval: int) -> dict[str, float]:
-    """Top-1 error of the run's last checkpoint on the test split and on `train_eval` training images."""
+    """Top-1 error of the run's last checkpoint on the test split and on `train_eval` of the images it
+    trained on (drawn from its `data.train_subset` when it used one)."""
     import torch
 
     from ..checkpoint import Preprocess, load_checkpoint, model_from_checkpoint
@@ -104,13 +105,18 @@ def evaluate_run(run_dir: Path, splits: dict[str, Any], train_eval: int) -> dict
     ckpt = load_checkpoint(run_dir / "last.pt")
     model = model_from_checkpoint(ckpt)
     views = eval_views(Preprocess.from_dict(ckpt["preprocess"]), ckpt.get("mean_image"), torch.device("cpu"), "center")
+    from ..data.loader import balanced_subset
+
     train, test = splits["train"], splits.get("test") or splits.get("val")
-    sample = np.sort(np.random.default_rng(0).choice(len(train), min(train_eval, len(train)), replace=False))
+    subset_size = ckpt["train_state"]["config"]["data"].get("train_subset", 0)
+    pool = balanced_subset(train.labels, subset_size) if subset_size else np.arange(len(train))
+    sample = np.sort(np.random.default_rng(0).choice(pool, min(train_eval, len(pool)), replace=False))
     out = {}
     for key, store, idx in (("test_error", test, np.arange(len(test))), ("train_error", train, sample)):
         r = evaluate_batches(model, _batches(store, idx), views, train.num_classes, torch.device("cpu"))
         out[key] = r.top1_error
     out["gap"] = out["test_error"] - out["train_error"]
+    out["train_images"] = len(sample)
     return out
 
 
@@ -164,7 +170,8 @@ def run_experiment(
                         "synthetic RGB source (alexnet prepare synthetic:channels=3)")  # fmt: skip
     shared = [*BASE, *exp.base, f"data.crop={store.size}", f"epochs={epochs}", f"max_steps={max_steps}",
               f"eval_every={epochs}"]  # fmt: skip
-    steps_per_epoch = len(store) // load_config(None, None, [*shared, *overrides]).batch_size
+    probe = load_config(None, None, [*shared, *overrides])
+    steps_per_epoch = max(1, (probe.data.train_subset or len(store)) // probe.batch_size)
     shared.append(f"log_every={max(1, steps_per_epoch // 25)}")  # ~25 points per epoch on the training curve
     root = Path(out) / name
     results: dict[str, Any] = {"experiment": name, "claim": exp.claim, "data": str(data), "epochs": epochs,

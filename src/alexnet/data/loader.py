@@ -25,12 +25,13 @@ class Loader:
     (every rank gets the same number of batches, as DistributedDataParallel needs); drop_last:
     drop the short last batch (else pad this rank's share by wrapping around); workers: background
     threads gathering batches ahead (0: gather in the caller's thread); pin_memory: page-locked
-    batches for fast host-to-GPU copies (default: when CUDA is available).
+    batches for fast host-to-GPU copies (default: when CUDA is available); subset: the store
+    indices to draw from (default: all of them), e.g. `balanced_subset(store.labels, n)`.
     """
 
     def __init__(self, store: Store, batch_size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0,
                  world_size: int = 1, drop_last: bool = True, workers: int = 1, pin_memory: bool | None = None,
-                 prefetch: int = 2) -> None:  # fmt: skip
+                 prefetch: int = 2, subset: np.ndarray | None = None) -> None:  # fmt: skip
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -41,7 +42,10 @@ class Loader:
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
         self.drop_last, self.workers, self.prefetch = drop_last, workers, prefetch
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        n = len(store)
+        self.pool = None if subset is None else np.asarray(subset, dtype=np.int64)
+        if self.pool is not None and len(self.pool) and not (0 <= self.pool.min() and self.pool.max() < len(store)):
+            raise ConfigError(f"subset indices must be in [0, {len(store)})")
+        n = len(store) if self.pool is None else len(self.pool)
         self.per_rank = n // world_size if drop_last else -(-n // world_size)
         self.num_batches = self.per_rank // batch_size if drop_last else -(-self.per_rank // batch_size)
         if self.num_batches == 0:
@@ -60,8 +64,10 @@ class Loader:
 
     def indices(self, epoch: int) -> np.ndarray:
         """This rank's sample order for `epoch`: a slice of one permutation shared by all ranks."""
-        n = len(self.store)
+        n = len(self.store) if self.pool is None else len(self.pool)
         order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+        if self.pool is not None:
+            order = self.pool[order]
         total = self.per_rank * self.world_size
         if total > n:  # not drop_last: wrap around so every rank has the same count
             order = np.concatenate([order, order[: total - n]])
@@ -103,3 +109,26 @@ class Loader:
         if self.pin_memory:
             labels = labels.pin_memory()
         return buf.permute(0, 3, 1, 2), labels  # (B, C, H, W) view, channels-last in memory
+
+
+def balanced_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """`n` indices (sorted) with the classes as equal as `n` allows, drawn reproducibly from `seed`.
+
+    The same (labels, n, seed) always give the same images, so experiment arms and seeds that
+    train on a subset all see one fixed set.
+    """
+    labels = np.asarray(labels)
+    if not 1 <= n <= len(labels):
+        raise ConfigError(f"a subset of {n} images must be between 1 and the {len(labels)} available")
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    pools = {int(c): rng.permutation(np.flatnonzero(labels == c)) for c in classes}
+    quota = {c: n // len(classes) for c in pools}
+    for c in rng.permutation(list(pools))[: n % len(classes)]:  # the remainder, one each to random classes
+        quota[int(c)] += 1
+    short = sum(max(0, quota[c] - len(p)) for c, p in pools.items())  # a class too small gives its share away
+    picked = [p[: quota[c]] for c, p in pools.items()]
+    if short:
+        rest = np.concatenate([p[quota[c] :] for c, p in pools.items()])
+        picked.append(rng.permutation(rest)[:short])
+    return np.sort(np.concatenate(picked))

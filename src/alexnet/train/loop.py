@@ -22,7 +22,7 @@ from torch import nn
 from ..checkpoint import Preprocess, load_checkpoint, make_checkpoint, atomic_save
 from ..config import TrainConfig, config_from_dict
 from ..data import Store, open_dataset
-from ..data.loader import Loader
+from ..data.loader import Loader, balanced_subset
 from ..errors import AlexNetError, CheckpointError, ConfigError
 from ..evaluate import EvalResult, evaluate_batches
 from ..models import create_model, model_entry
@@ -152,9 +152,15 @@ class Trainer:
         self.train_tf = train_transform(cfg.data, self.train_store)
         self.view_mode = "ten-crop" if cfg.data.ten_crop_eval else "flip" if cfg.data.flip_eval else "center"
         self.eval_views = eval_views(self.preprocess, self.mean_image, self.device, self.view_mode)
+        self.subset = None
+        if cfg.data.train_subset:
+            if cfg.data.train_subset > len(self.train_store):
+                raise ConfigError(f"data.train_subset {cfg.data.train_subset} is larger than the training set "
+                                  f"({len(self.train_store)})")  # fmt: skip
+            self.subset = balanced_subset(self.train_store.labels, cfg.data.train_subset)
         self.loader = Loader(self.train_store, cfg.batch_size // self.dist.world_size, shuffle=True, seed=cfg.seed,
                              rank=self.dist.rank, world_size=self.dist.world_size, drop_last=True,
-                             workers=cfg.data.workers)  # fmt: skip
+                             workers=cfg.data.workers, subset=self.subset)  # fmt: skip
         if len(self.loader) == 0:
             raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training set ({len(self.train_store)})")
         self.optimizer = make_optimizer(self.net.parameters(), cfg.optim)
