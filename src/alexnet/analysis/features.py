@@ -177,9 +177,9 @@ def extract_features(
         feats = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=DTYPES[dtype], shape=(len(indices), dim))
         bar = None
         if progress:
-            from tqdm import tqdm
+            from ..progress import progress_bar
 
-            bar = tqdm(total=len(indices), unit="img", desc=f"features {layer}", dynamic_ncols=True)
+            bar = progress_bar(total=len(indices), unit="img", desc=f"features {layer}")
         t0 = time.perf_counter()
         starts = range(0, len(indices), batch_size)
         # Reading the next batch from the memory-mapped store overlaps with the forward pass.

@@ -158,9 +158,9 @@ def train_hasher(
         total = epochs * steps_per_epoch
         bar = None
         if progress:
-            from tqdm import tqdm
+            from ..progress import progress_bar
 
-            bar = tqdm(total=total, unit="step", desc=f"auto-encoder {bits} bits", dynamic_ncols=True)
+            bar = progress_bar(total=total, unit="step", desc=f"auto-encoder {bits} bits")
         losses: list[float] = []
         step = 0
         for _ in range(epochs):

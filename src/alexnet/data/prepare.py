@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
+from ..progress import progress_bar
 
 from ..errors import DataError
 from .decode import MIN_SIDE, BadImage, decode_image, resize_center_crop
@@ -159,8 +159,8 @@ def prepare_split(split: Split, path: Path, source: Source, size: int, channels:
         state = _new_state(n, chunk, size, channels)
     t0 = time.perf_counter()
     pending = [k for k in range(len(state["done"])) if not state["done"][k]]
-    with tqdm(total=n, initial=n - _pending_images(pending, n, chunk), unit="img", desc=f"prepare {split.name}",
-              file=sys.stderr, disable=None if opts.progress else True, dynamic_ncols=True) as bar:  # fmt: skip
+    with progress_bar(total=n, initial=n - _pending_images(pending, n, chunk), unit="img", desc=f"prepare {split.name}",
+                      file=sys.stderr, disable=None if opts.progress else True) as bar:  # fmt: skip
         last_save = time.perf_counter()
         for k, ok, skips, acc in _run_chunks(split, path, pending, chunk, shard_rows, size, channels, opts):
             start = k * chunk

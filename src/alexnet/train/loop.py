@@ -248,10 +248,10 @@ class Trainer:
         stop = False
         bar = None
         if self.progress and self.dist.is_main:
-            from tqdm import tqdm
+            from ..progress import progress_bar
 
-            bar = tqdm(total=steps_per_epoch * cfg.epochs, initial=st.step, unit="step", dynamic_ncols=True,
-                       desc="train", smoothing=0.05)  # fmt: skip
+            bar = progress_bar(total=steps_per_epoch * cfg.epochs, initial=st.step, unit="step", desc="train",
+                               smoothing=0.05)
         loss_sum = torch.zeros((), device=self.device)
         hits = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = steps_in = 0
