@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError
-from .models import create_model
+from .models import empty_model
 
 FORMAT = "alexnet-checkpoint"
 VERSION = 1
@@ -169,7 +169,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], **overrides: Any) -> nn.Module:
     """Rebuild the model a checkpoint describes and load its weights (strict)."""
     config = dict(ckpt["model_config"])
     config.update(overrides)
-    model = create_model(ckpt["arch"], **config)
+    model = empty_model(ckpt["arch"], **config)  # every weight comes from the (strict) load below
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as exc:

@@ -20,7 +20,8 @@ from ..errors import CheckpointError, ConfigError
 from .caffe import BVLC_MODEL_OPTIONS, BVLC_PREPROCESS, load_bvlc_npy
 from .classes import class_names_for
 from .download import KNOWN_WEIGHTS, fetch, is_url, sha256_file
-from .torchvision import TORCHVISION_PREPROCESS, empty_model, owt_from_state_dict, read_torch_weights
+from ..models import empty_model
+from .torchvision import TORCHVISION_PREPROCESS, owt_from_state_dict, read_torch_weights
 
 FORMATS = ("torchvision", "caffe-npy")
 

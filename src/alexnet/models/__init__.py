@@ -5,12 +5,13 @@ from . import convlocal as _convlocal  # noqa: F401  (registers conv-local)
 from . import owt as _owt  # noqa: F401  (registers alexnet-owt)
 from .activations import activations, layer_names, paper_layers
 from .lrn import LocalResponseNorm, local_response_norm
-from .registry import create_model, list_models, model_entry
+from .registry import create_model, empty_model, list_models, model_entry
 
 __all__ = [
     "LocalResponseNorm",
     "activations",
     "create_model",
+    "empty_model",
     "layer_names",
     "list_models",
     "local_response_norm",

@@ -6,6 +6,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError
@@ -81,3 +82,14 @@ def create_model(name: str, num_classes: int | None = None, **options: Any) -> n
     model.arch = name  # type: ignore[assignment]
     model.config = resolved  # type: ignore[assignment]
     return model
+
+
+def empty_model(name: str, num_classes: int | None = None, **options: Any) -> nn.Module:
+    """create_model without the weight init: built on the meta device, then allocated (uninitialised).
+
+    For a model whose every parameter a strict `load_state_dict` is about to overwrite (the
+    models have no buffers); saves ~1 s of random init on the 61M-parameter nets.
+    """
+    with torch.device("meta"):
+        model = create_model(name, num_classes, **options)
+    return model.to_empty(device="cpu")
