@@ -180,3 +180,20 @@ def test_train_subset_trains_on_a_fixed_balanced_sample(fashion_small, tmp_path)
         Trainer(tiny_cfg(f"data.train_subset={len(labels) + 1}"), fashion_small, tmp_path / "run2", progress=False)
     with pytest.raises(AlexNetError, match="train_subset"):
         tiny_cfg("data.train_subset=-1")
+
+
+def test_bench_step_times_each_phase_against_the_torch_lrn(fashion_small, capsys):
+    args = ["bench", "step", "--data", str(fashion_small), "--repeats", "2", "--warmup", "1", "--profile", "--json",
+            *TINY]  # fmt: skip
+    assert main(args) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["batch"] == 32 and r["preset"] == "demo" and r["precision"] == "bf16"
+    assert list(r["results"]) == ["alexnet (fused LRN)", "torch-op LRN (baseline)"]
+    for s in r["results"].values():
+        assert set(s["phases_ms"]) == {"load", "augment", "forward", "backward", "optimizer"}
+        assert all(v > 0 for v in s["phases_ms"].values()) and s["repeats"] == 2
+        assert s["images_per_s"] == pytest.approx(32 / (s["step_ms"] / 1e3))
+    assert r["ratio"] > 0 and r["profile"] and r["profile"][0]["self_ms_per_step"] > 0
+    assert os.environ.get("ALEXNET_LRN_BACKEND") is None  # restored
+    assert main(["bench", "step", "--data", str(fashion_small), "--repeats", "0"]) == 2
+    assert "--repeats must be >= 1" in capsys.readouterr().err

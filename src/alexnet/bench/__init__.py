@@ -5,4 +5,4 @@ process, and reports medians, spread, the resolved settings and the environment
 (timing.environment()). Results are recorded in docs/benchmarks.md with command, machine, date.
 """
 
-KINDS = ("lrn", "train", "infer", "loader")
+KINDS = ("lrn", "train", "infer", "loader", "step")

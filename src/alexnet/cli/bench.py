@@ -1,4 +1,4 @@
-"""`alexnet bench {lrn,train,infer,loader} [...] [--json]`"""
+"""`alexnet bench {lrn,train,infer,loader,step} [...] [--json]`"""
 
 from __future__ import annotations
 
