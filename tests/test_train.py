@@ -140,7 +140,7 @@ def test_run_folder_guards(fashion_small, tmp_path, capsys):
 @pytest.mark.slow
 def test_ddp_two_processes_equal_single_process(fashion_small, tmp_path):
     common = ["--preset", "demo", "--data", str(fashion_small), *TINY, "max_steps=6", "deterministic=true",
-              "model.options.dropout=0.0", "data.pad=0", "data.flip=false", "data.workers=1", "precision=fp32"]  # fmt: skip
+              "model.options.dropout=0.0", "data.pad=0", "data.flip=false", "data.workers=1", "precision=fp32", "optim.lr=0.01"]  # fmt: skip
     single = _cli_train([*common, "--out", str(tmp_path / "single")])
     assert single.wait(timeout=600) == 0, single.stderr.read()
     env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1"}
@@ -157,7 +157,9 @@ def test_ddp_two_processes_equal_single_process(fashion_small, tmp_path):
 
 
 def test_model_parallel_training_matches_the_grouped_model(fashion_small, tmp_path):
-    extra = ("max_steps=4", "precision=fp32", "model.options.dropout=0.0", "deterministic=true")
+    # lr pinned below the demo's 0.05: there the two summation orders drift ~5e-5 apart in conv weights
+    # within 4 steps while fc8 stays within 2e-7 (the mark of a ReLU crossing zero); at 0.01, ~1e-8
+    extra = ("max_steps=4", "precision=fp32", "model.options.dropout=0.0", "deterministic=true", "optim.lr=0.01")
     train(tiny_cfg(*extra), fashion_small, tmp_path / "one", progress=False)
     train(tiny_cfg(*extra), fashion_small, tmp_path / "two", progress=False, model_parallel=("cpu", "cpu"))
     a = load_checkpoint(tmp_path / "one" / "last.pt")
