@@ -166,7 +166,8 @@ def evaluate_checkpoint(
         devices = parse_devices(model_parallel)
         model, dev = split_towers(model, devices), torch.device(devices[0])
     else:
-        model = model.to(dev)
+        # channels_last on CPU: the same numbers, 1.6x the NCHW forward here (docs/benchmarks.md)
+        model = model.to(dev, memory_format=torch.channels_last if dev.type == "cpu" else torch.preserve_format)
     loader = Loader(store, batch_size, shuffle=False, seed=0, drop_last=False, workers=2)
     result = evaluate_batches(model, loader.epoch_batches(0), eval_views(pp, ckpt.get("mean_image"), dev, views),
                               num_classes, dev, views=views)  # fmt: skip

@@ -13,59 +13,62 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
 
 constexpr int64_t kBlock = 512;  // pixels per work item in NCHW: C*512 floats stay in L2
 
-// out[i] = d[i]^-beta, with the branch on beta outside the loop so each loop vectorises.
-inline void neg_pow_n(const float* __restrict d, float* __restrict out, int64_t n, float beta) {
-  if (beta == 0.75f) {
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) {
-      const float r = 1.0f / std::sqrt(d[i]);
-      out[i] = r * std::sqrt(r);
-    }
-  } else if (beta == 0.5f) {
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) out[i] = 1.0f / std::sqrt(d[i]);
-  } else if (beta == 1.0f) {
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) out[i] = 1.0f / d[i];
-  } else {
-    for (int64_t i = 0; i < n; ++i) out[i] = std::pow(d[i], -beta);
+// Elements of T <-> float32. bfloat16 is the top half of a float32, so its conversions are shifts
+// and an add (round to nearest even, NaN kept NaN, as c10::BFloat16) that vectorise inside the
+// loops that use them; the c10 type's own scalar conversion did not, and made the bf16 kernel
+// slower than the float32 one.
+template <typename T>
+struct Cvt {
+  static inline float load(const T* p, int64_t i) { return float(p[i]); }
+  static inline void store(T* p, int64_t i, float v) { p[i] = T(v); }
+};
+template <>
+struct Cvt<c10::BFloat16> {
+  static inline float load(const c10::BFloat16* p, int64_t i) {
+    const uint32_t u = uint32_t(reinterpret_cast<const uint16_t*>(p)[i]) << 16;
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
   }
-}
-
-// Rows of T <-> float32. bfloat16 is the top half of a float32, so its conversions are shifts and
-// an add (round to nearest even, NaN kept NaN, as c10::BFloat16) that vectorise; the c10 type's
-// own scalar conversion did not, and made the bf16 kernel slower than the float32 one.
-template <typename T>
-inline void load_row(const T* __restrict in, float* __restrict out, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] = float(in[i]);
-}
-template <typename T>
-inline void store_row(const float* __restrict in, T* __restrict out, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] = T(in[i]);
-}
-template <>
-inline void load_row<c10::BFloat16>(const c10::BFloat16* __restrict in, float* __restrict out, int64_t n) {
-  const uint16_t* __restrict u = reinterpret_cast<const uint16_t*>(in);
-  uint32_t* __restrict o = reinterpret_cast<uint32_t*>(out);
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) o[i] = uint32_t(u[i]) << 16;
-}
-template <>
-inline void store_row<c10::BFloat16>(const float* __restrict in, c10::BFloat16* __restrict out, int64_t n) {
-  const uint32_t* __restrict b = reinterpret_cast<const uint32_t*>(in);
-  uint16_t* __restrict o = reinterpret_cast<uint16_t*>(out);
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t u = b[i];
+  static inline void store(c10::BFloat16* p, int64_t i, float v) {
+    uint32_t u;
+    std::memcpy(&u, &v, sizeof u);
     const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    o[i] = (u & 0x7fffffffu) > 0x7f800000u ? uint16_t(0x7fc0) : uint16_t(rounded);  // (fast-math drops x != x)
+    // (-ffast-math drops v != v, so NaN is found from the bits)
+    reinterpret_cast<uint16_t*>(p)[i] = (u & 0x7fffffffu) > 0x7f800000u ? uint16_t(0x7fc0) : uint16_t(rounded);
   }
+};
+
+// d^-beta for one element, the common betas by sqrt (several times faster than pow); the choice is
+// a template argument so each fused loop is compiled, and vectorised, for one beta.
+enum class Beta { k075, k05, k1, any };
+template <Beta B>
+inline float neg_pow(float d, float beta) {
+  if constexpr (B == Beta::k075) {
+    const float r = 1.0f / std::sqrt(d);
+    return r * std::sqrt(r);
+  } else if constexpr (B == Beta::k05) {
+    return 1.0f / std::sqrt(d);
+  } else if constexpr (B == Beta::k1) {
+    return 1.0f / d;
+  } else {
+    return std::pow(d, -beta);
+  }
+}
+template <typename F>
+inline void with_beta(float beta, F&& f) {
+  if (beta == 0.75f) f(std::integral_constant<Beta, Beta::k075>{});
+  else if (beta == 0.5f) f(std::integral_constant<Beta, Beta::k05>{});
+  else if (beta == 1.0f) f(std::integral_constant<Beta, Beta::k1>{});
+  else f(std::integral_constant<Beta, Beta::any>{});
 }
 
 // window of input channels feeding output channel c: [c - before, c + after] clipped to [0, C)
@@ -84,12 +87,17 @@ void check(const at::Tensor& x) {
 }
 
 // ---------------------------------------------------------------- NCHW, contiguous
-template <typename T>
+// Loops that read or write T do only exact work (conversions, products); d^-beta runs in loops over
+// float rows alone. Under -ffast-math 1/sqrt is an estimate refined by Newton's step, whose last
+// bit depends on the vector width; a loop that also converts T is compiled to a different width for
+// bf16 than for float32, and the bf16 result would no longer be the float32 one rounded once.
+template <typename T, Beta B>
 void forward_nchw(const T* x, T* y, int64_t N, int64_t C, int64_t S, Window w,
                   float scale, float beta, float k) {
   const int64_t nblocks = (S + kBlock - 1) / kBlock;
   at::parallel_for(0, N * nblocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> sq(C * kBlock);
+    float acc[kBlock];
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / nblocks, s0 = (item % nblocks) * kBlock;
       const int64_t len = std::min(kBlock, S - s0);
@@ -98,37 +106,40 @@ void forward_nchw(const T* x, T* y, int64_t N, int64_t C, int64_t S, Window w,
       for (int64_t c = 0; c < C; ++c) {
         const T* xc = xn + c * S;
         float* q = sq.data() + c * kBlock;
-        for (int64_t j = 0; j < len; ++j) q[j] = float(xc[j]) * float(xc[j]);
+#pragma omp simd
+        for (int64_t j = 0; j < len; ++j) {
+          const float v = Cvt<T>::load(xc, j);
+          q[j] = v * v;
+        }
       }
       for (int64_t c = 0; c < C; ++c) {
         const int64_t lo = w.lo(c), hi = w.hi(c);
-        const T* xc = xn + c * S;
-        T* yc = yn + c * S;
-        float acc[kBlock];
         for (int64_t j = 0; j < len; ++j) acc[j] = 0.f;
         for (int64_t cc = lo; cc <= hi; ++cc) {
           const float* q = sq.data() + cc * kBlock;
+#pragma omp simd
           for (int64_t j = 0; j < len; ++j) acc[j] += q[j];
         }
-        float iv[kBlock];
+        const T* xc = xn + c * S;
+        T* yc = yn + c * S;
 #pragma omp simd
-        for (int64_t j = 0; j < len; ++j) acc[j] = k + scale * acc[j];
-        neg_pow_n(acc, iv, len, beta);
+        for (int64_t j = 0; j < len; ++j) acc[j] = neg_pow<B>(k + scale * acc[j], beta);
 #pragma omp simd
-        for (int64_t j = 0; j < len; ++j) yc[j] = T(float(xc[j]) * iv[j]);
+        for (int64_t j = 0; j < len; ++j) Cvt<T>::store(yc, j, Cvt<T>::load(xc, j) * acc[j]);
       }
     }
   });
 }
 
-template <typename T>
+template <typename T, Beta B>
 void backward_nchw(const T* x, const T* g, T* gx, int64_t N, int64_t C, int64_t S,
                    Window w, float scale, float beta, float k) {
   const int64_t nblocks = (S + kBlock - 1) / kBlock;
   const Window wt{w.after, w.before, C};  // transposed window
   const float coef = 2.f * scale * beta;
   at::parallel_for(0, N * nblocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> sq(C * kBlock), inv(C * kBlock), t(C * kBlock);
+    std::vector<float> sq(C * kBlock), gi(C * kBlock), t(C * kBlock);
+    float acc[kBlock];
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / nblocks, s0 = (item % nblocks) * kBlock;
       const int64_t len = std::min(kBlock, S - s0);
@@ -136,51 +147,63 @@ void backward_nchw(const T* x, const T* g, T* gx, int64_t N, int64_t C, int64_t 
       for (int64_t c = 0; c < C; ++c) {
         const T* xc = x + off + c * S;
         float* q = sq.data() + c * kBlock;
-        for (int64_t j = 0; j < len; ++j) q[j] = float(xc[j]) * float(xc[j]);
+#pragma omp simd
+        for (int64_t j = 0; j < len; ++j) {
+          const float v = Cvt<T>::load(xc, j);
+          q[j] = v * v;
+        }
       }
-      // inv = denom^-beta; t = g * a * denom^(-beta-1)
+      // gi = g * denom^-beta; t = g * a * denom^(-beta-1)
       for (int64_t c = 0; c < C; ++c) {
         const int64_t lo = w.lo(c), hi = w.hi(c);
-        float acc[kBlock];
         for (int64_t j = 0; j < len; ++j) acc[j] = 0.f;
         for (int64_t cc = lo; cc <= hi; ++cc) {
           const float* q = sq.data() + cc * kBlock;
+#pragma omp simd
           for (int64_t j = 0; j < len; ++j) acc[j] += q[j];
         }
         const T* xc = x + off + c * S;
         const T* gc = g + off + c * S;
-        float* ic = inv.data() + c * kBlock;
+        float* gic = gi.data() + c * kBlock;
         float* tc = t.data() + c * kBlock;
 #pragma omp simd
-        for (int64_t j = 0; j < len; ++j) acc[j] = k + scale * acc[j];
-        neg_pow_n(acc, ic, len, beta);
+        for (int64_t j = 0; j < len; ++j) {
+          const float d = k + scale * acc[j], iv = neg_pow<B>(d, beta);
+          gic[j] = iv;
+          acc[j] = iv / d;
+        }
 #pragma omp simd
-        for (int64_t j = 0; j < len; ++j) tc[j] = float(gc[j]) * float(xc[j]) * ic[j] / acc[j];
+        for (int64_t j = 0; j < len; ++j) {
+          const float v = Cvt<T>::load(gc, j);
+          tc[j] = v * Cvt<T>::load(xc, j) * acc[j];
+          gic[j] *= v;
+        }
       }
       for (int64_t c = 0; c < C; ++c) {
         const int64_t lo = wt.lo(c), hi = wt.hi(c);
-        float acc[kBlock];
         for (int64_t j = 0; j < len; ++j) acc[j] = 0.f;
         for (int64_t cc = lo; cc <= hi; ++cc) {
           const float* tc = t.data() + cc * kBlock;
+#pragma omp simd
           for (int64_t j = 0; j < len; ++j) acc[j] += tc[j];
         }
         const T* xc = x + off + c * S;
-        const T* gc = g + off + c * S;
-        const float* ic = inv.data() + c * kBlock;
+        const float* gic = gi.data() + c * kBlock;
         T* oc = gx + off + c * S;
-        for (int64_t j = 0; j < len; ++j) oc[j] = T(float(gc[j]) * ic[j] - coef * float(xc[j]) * acc[j]);
+#pragma omp simd
+        for (int64_t j = 0; j < len; ++j) Cvt<T>::store(oc, j, gic[j] - coef * Cvt<T>::load(xc, j) * acc[j]);
       }
     }
   });
 }
 
 // ---------------------------------------------------------------- channels last
-// Channels are contiguous per pixel, so a block of pixels is one flat row of np * C values. Each
-// pass (squares, window sum, power, products) is a single long loop over that row, which
-// vectorises; a loop per pixel was dominated by loop overhead at AlexNet's 48-96 channels. The
-// window sum's shifted loads run across pixel boundaries, so the few channels at each pixel's
-// edges are then summed again over their clipped window (exact, no subtraction).
+// Channels are contiguous per pixel, so a block of pixels is one flat row of np * C values, and
+// each step is one long loop over that row, which vectorises (a loop per pixel was dominated by
+// loop overhead at AlexNet's 48-96 channels). Per block: one pass converts and squares, one sums
+// the window, one computes and writes the result. The window sum's shifted loads run across
+// pixel boundaries, so the few channels at each pixel's edges are then summed again over their
+// clipped window (exact, no subtraction).
 constexpr int64_t kRow = 4096;  // target floats per block: the block's buffers stay in L2
 
 // dst[q*C + c] = sum of src[q*C + c + o] for o in [-before, after] with 0 <= c + o < C.
@@ -188,12 +211,29 @@ constexpr int64_t kRow = 4096;  // target floats per block: the block's buffers 
 inline void window_sum_rows(const float* __restrict src, float* __restrict dst, int64_t np,
                             int64_t C, int64_t before, int64_t after) {
   const int64_t L = np * C;
+  if (before == 2 && after == 2) {  // the paper's n = 5: one pass
 #pragma omp simd
-  for (int64_t i = 0; i < L; ++i) dst[i] = src[i];
-  for (int64_t o = -before; o <= after; ++o) {
-    if (o == 0) continue;
+    for (int64_t i = 0; i < L; ++i) dst[i] = (src[i - 2] + src[i - 1]) + src[i] + (src[i + 1] + src[i + 2]);
+  } else {
 #pragma omp simd
-    for (int64_t i = 0; i < L; ++i) dst[i] += src[i + o];
+    for (int64_t i = 0; i < L; ++i) dst[i] = src[i];
+    for (int64_t o = -before; o <= after; ++o) {
+      if (o == 0) continue;
+#pragma omp simd
+      for (int64_t i = 0; i < L; ++i) dst[i] += src[i + o];
+    }
+  }
+  if (before == 2 && after == 2 && C >= 4) {  // the edges of n = 5, unrolled: independent adds
+    for (int64_t q = 0; q < np; ++q) {
+      const float* sp = src + q * C;
+      float* dp = dst + q * C;
+      const float h = sp[0] + sp[1], t = sp[C - 2] + sp[C - 1];
+      dp[0] = h + sp[2];
+      dp[1] = h + (sp[2] + sp[3]);
+      dp[C - 2] = (sp[C - 4] + sp[C - 3]) + t;
+      dp[C - 1] = sp[C - 3] + t;
+    }
+    return;
   }
   const int64_t head = std::min(before, C), tail = std::max(C - after, head);
   for (int64_t q = 0; q < np; ++q) {
@@ -220,58 +260,70 @@ struct Rows {
   float* operator[](int i) { return mem.data() + i * stride + margin; }
 };
 
-template <typename T>
-void forward_nhwc(const T* x, T* y, int64_t P, int64_t C, Window w, float scale,
+template <typename T, Beta B>
+void forward_nhwc(const T* x, T* y, int64_t pixels, int64_t C, Window w, float scale,
                   float beta, float k) {
   const int64_t block = std::max<int64_t>(1, kRow / std::max<int64_t>(C, 1));
   const int64_t margin = std::max(w.before, w.after);
-  at::parallel_for(0, (P + block - 1) / block, 1, [&](int64_t begin, int64_t end) {
-    Rows rows(4, block * C, margin);
-    float *xf = rows[0], *sq = rows[1], *d = rows[2], *out = rows[3];
+  at::parallel_for(0, (pixels + block - 1) / block, 1, [&](int64_t begin, int64_t end) {
+    Rows rows(2, block * C, margin);
+    float *sq = rows[0], *d = rows[1];
     for (int64_t b = begin; b < end; ++b) {
-      const int64_t p0 = b * block, np = std::min(block, P - p0), L = np * C;
-      load_row(x + p0 * C, xf, L);
+      const int64_t p0 = b * block, np = std::min(block, pixels - p0), L = np * C;
+      const T* xb = x + p0 * C;
+      T* yb = y + p0 * C;
 #pragma omp simd
-      for (int64_t i = 0; i < L; ++i) sq[i] = xf[i] * xf[i];
+      for (int64_t i = 0; i < L; ++i) {
+        const float v = Cvt<T>::load(xb, i);
+        sq[i] = v * v;
+      }
       for (int64_t i = L; i < L + margin; ++i) sq[i] = 0.f;  // a short last block leaves stale values
       window_sum_rows(sq, d, np, C, w.before, w.after);
 #pragma omp simd
-      for (int64_t i = 0; i < L; ++i) d[i] = k + scale * d[i];
-      neg_pow_n(d, out, L, beta);
+      for (int64_t i = 0; i < L; ++i) d[i] = neg_pow<B>(k + scale * d[i], beta);
 #pragma omp simd
-      for (int64_t i = 0; i < L; ++i) out[i] *= xf[i];
-      store_row(out, y + p0 * C, L);
+      for (int64_t i = 0; i < L; ++i) Cvt<T>::store(yb, i, Cvt<T>::load(xb, i) * d[i]);
     }
   });
 }
 
-template <typename T>
-void backward_nhwc(const T* x, const T* g, T* gx, int64_t P, int64_t C, Window w,
+template <typename T, Beta B>
+void backward_nhwc(const T* x, const T* g, T* gx, int64_t pixels, int64_t C, Window w,
                    float scale, float beta, float k) {
   const int64_t block = std::max<int64_t>(1, kRow / std::max<int64_t>(C, 1));
   const int64_t margin = std::max(w.before, w.after);
   const float coef = 2.f * scale * beta;
-  at::parallel_for(0, (P + block - 1) / block, 1, [&](int64_t begin, int64_t end) {
-    Rows rows(6, block * C, margin);
-    float *xf = rows[0], *gf = rows[1], *sq = rows[2], *d = rows[3], *iv = rows[4], *t = rows[5];
+  at::parallel_for(0, (pixels + block - 1) / block, 1, [&](int64_t begin, int64_t end) {
+    Rows rows(4, block * C, margin);
+    float *sq = rows[0], *d = rows[1], *gi = rows[2], *t = rows[3];
     for (int64_t b = begin; b < end; ++b) {
-      const int64_t p0 = b * block, np = std::min(block, P - p0), L = np * C;
-      load_row(x + p0 * C, xf, L);
-      load_row(g + p0 * C, gf, L);
+      const int64_t p0 = b * block, np = std::min(block, pixels - p0), L = np * C;
+      const T* xb = x + p0 * C;
+      const T* gb = g + p0 * C;
 #pragma omp simd
-      for (int64_t i = 0; i < L; ++i) sq[i] = xf[i] * xf[i];
+      for (int64_t i = 0; i < L; ++i) {
+        const float v = Cvt<T>::load(xb, i);
+        sq[i] = v * v;
+      }
       for (int64_t i = L; i < L + margin; ++i) sq[i] = t[i] = 0.f;
       window_sum_rows(sq, d, np, C, w.before, w.after);
+      // gi = g * denom^-beta; t = g * a * denom^(-beta-1); then the transposed window
 #pragma omp simd
-      for (int64_t i = 0; i < L; ++i) d[i] = k + scale * d[i];
-      neg_pow_n(d, iv, L, beta);
-      // t = g * a * denom^(-beta-1); then the transposed window (`after` back, `before` ahead)
+      for (int64_t i = 0; i < L; ++i) {
+        const float dn = k + scale * d[i], iv = neg_pow<B>(dn, beta);
+        gi[i] = iv;
+        d[i] = iv / dn;
+      }
 #pragma omp simd
-      for (int64_t i = 0; i < L; ++i) t[i] = gf[i] * xf[i] * iv[i] / d[i];
+      for (int64_t i = 0; i < L; ++i) {
+        const float v = Cvt<T>::load(gb, i);
+        t[i] = v * Cvt<T>::load(xb, i) * d[i];
+        gi[i] *= v;
+      }
       window_sum_rows(t, sq, np, C, w.after, w.before);
+      T* ob = gx + p0 * C;
 #pragma omp simd
-      for (int64_t i = 0; i < L; ++i) d[i] = gf[i] * iv[i] - coef * xf[i] * sq[i];
-      store_row(d, gx + p0 * C, L);
+      for (int64_t i = 0; i < L; ++i) Cvt<T>::store(ob, i, gi[i] - coef * Cvt<T>::load(xb, i) * sq[i]);
     }
   });
 }
@@ -289,7 +341,10 @@ at::Tensor lrn_forward(const at::Tensor& input, int64_t size, double scale, doub
     auto y = at::empty_like(input, at::MemoryFormat::ChannelsLast);
     const int64_t C = input.size(1), P = input.numel() / std::max<int64_t>(C, 1);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "lrn_forward", [&] {
-      forward_nhwc(input.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), P, C, w, scale, beta, k);
+      with_beta(beta, [&](auto b) {
+        forward_nhwc<scalar_t, decltype(b)::value>(input.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), P, C, w,
+                                                   scale, beta, k);
+      });
     });
     return y;
   }
@@ -297,7 +352,10 @@ at::Tensor lrn_forward(const at::Tensor& input, int64_t size, double scale, doub
   auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
   const int64_t N = x.size(0), C = x.size(1), S = N * C == 0 ? 0 : x.numel() / (N * C);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "lrn_forward", [&] {
-    forward_nchw(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), N, C, S, w, scale, beta, k);
+    with_beta(beta, [&](auto b) {
+      forward_nchw<scalar_t, decltype(b)::value>(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), N, C, S, w,
+                                                 scale, beta, k);
+    });
   });
   return y;
 }
@@ -313,8 +371,10 @@ at::Tensor lrn_backward(const at::Tensor& grad, const at::Tensor& input, int64_t
     auto gx = at::empty_like(input, at::MemoryFormat::ChannelsLast);
     const int64_t C = input.size(1), P = input.numel() / std::max<int64_t>(C, 1);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, type, "lrn_backward", [&] {
-      backward_nhwc(input.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(), P, C,
-                    w, scale, beta, k);
+      with_beta(beta, [&](auto b) {
+        backward_nhwc<scalar_t, decltype(b)::value>(input.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
+                                                    gx.data_ptr<scalar_t>(), P, C, w, scale, beta, k);
+      });
     });
     return gx;
   }
@@ -323,8 +383,10 @@ at::Tensor lrn_backward(const at::Tensor& grad, const at::Tensor& input, int64_t
   auto gx = at::empty_like(x, at::MemoryFormat::Contiguous);
   const int64_t N = x.size(0), C = x.size(1), S = N * C == 0 ? 0 : x.numel() / (N * C);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, type, "lrn_backward", [&] {
-    backward_nchw(x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(), N, C, S, w,
-                  scale, beta, k);
+    with_beta(beta, [&](auto b) {
+      backward_nchw<scalar_t, decltype(b)::value>(x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
+                                                  gx.data_ptr<scalar_t>(), N, C, S, w, scale, beta, k);
+    });
   });
   return gx;
 }
