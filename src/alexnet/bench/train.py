@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bf16", action="store_true", help="also time our model under bf16 autocast")
     p.add_argument("--compile", action="store_true", help="also time our model under torch.compile")
     p.add_argument("--no-baselines", action="store_true", help="time only our model")
-    p.add_argument("--peak-gflops", type=float, default=PEAK_GFLOPS, help="fp32 peak used for the % of limit")
+    p.add_argument("--peak-gflops", type=float, default=PEAK_GFLOPS, help="fp32 peak used for the %% of limit")
     p.add_argument("--device", default="cpu")
 
 
