@@ -8,6 +8,8 @@ The two baselines are written here in plain PyTorch, as a user would write them:
 - "torchvision": torchvision's AlexNet layout (64-192-384-256-256, no LRN, no groups);
 - "naive-paper": the paper's net with groups=2 and torch.nn.LocalResponseNorm;
 and "alexnet" is this package's model (create_model) with the options in the spec.
+"peak" is the machine's fp32 ceiling measured in the same run: the paper's conv3 (256 -> 384,
+3x3, 13x13), the most GEMM-like layer, forward only; its rate in FLOP/s bounds every step.
 """
 
 from __future__ import annotations
@@ -48,8 +50,20 @@ def naive_paper(num_classes: int = 1000) -> nn.Module:
     )  # fmt: skip
 
 
+PEAK_CONV = {"in_channels": 256, "out_channels": 384, "kernel_size": 3, "padding": 1}
+PEAK_SIZE = 13
+
+
+def peak_flops_per_image() -> float:
+    """Floating-point operations of one image through the peak probe (2 per multiply-add)."""
+    c = PEAK_CONV
+    return 2.0 * PEAK_SIZE * PEAK_SIZE * c["out_channels"] * c["in_channels"] * c["kernel_size"] ** 2
+
+
 def build(spec: dict[str, Any]) -> tuple[nn.Module, int]:
     kind = spec["model"]
+    if kind == "peak":
+        return nn.Conv2d(**PEAK_CONV), PEAK_SIZE
     if kind == "torchvision":
         return torchvision_style(), 224
     if kind == "naive-paper":
@@ -72,7 +86,7 @@ def main() -> None:
     model, size = build(spec)
     model = model.to(device)
     batch, mode = int(spec["batch"]), spec["mode"]  # "train" or "infer"
-    in_chans = int(getattr(model, "config", {}).get("in_chans", 3))
+    in_chans = PEAK_CONV["in_channels"] if spec["model"] == "peak" else int(getattr(model, "config", {}).get("in_chans", 3))
     x = torch.randn(batch, in_chans, size, size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     if spec.get("channels_last"):

@@ -1,0 +1,39 @@
+"""`alexnet bench train` and `bench infer` run end to end at a tiny size and report figures that
+agree with each other (ratios and limits computed from the timings they print)."""
+
+import json
+
+import pytest
+
+from alexnet.bench.worker import peak_flops_per_image
+from alexnet.cli import main
+from alexnet.models import create_model
+from alexnet.summary import summarize
+
+
+@pytest.mark.parametrize("command, passes", [("train", 3), ("infer", 1)])
+def test_bench_reports_the_limit_from_a_peak_measured_in_the_same_run(command, passes, capsys):
+    args = ["bench", command, "--arch", "alexnet-small", "--batch", "2", "--repeats", "1", "--warmup", "0",
+            "--no-baselines", "--bf16", "--json"]
+    assert main(args) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert set(r["results"]) == {"alexnet", "alexnet bf16"}  # the probe is reported apart, not as a candidate
+    ours = r["results"]["alexnet"]["images_per_s"]
+    assert r["ratios"]["alexnet bf16 / alexnet"] == pytest.approx(r["results"]["alexnet bf16"]["images_per_s"] / ours)
+    flops = 2 * passes * summarize(create_model("alexnet-small")).macs
+    probe = r["peak_probe"]
+    assert probe["spec"]["model"] == "peak" and probe["repeats"] == 1
+    gflops = probe["images_per_s"] * peak_flops_per_image() / 1e9
+    assert r["measured_peak_gflops"] == pytest.approx(gflops) and gflops > 0
+    assert r["fraction_of_measured_limit"] == pytest.approx(ours * flops / (gflops * 1e9))
+    assert r["fraction_of_limit"] == pytest.approx(ours * flops / 247e9)
+    if command == "infer":
+        assert r["single_image_latency_ms"] > 0
+
+
+def test_bench_without_the_probe_omits_its_fields(capsys):
+    args = ["bench", "train", "--arch", "alexnet-small", "--batch", "2", "--repeats", "1", "--warmup", "0",
+            "--no-baselines", "--no-peak"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "fp32 limit" in text and "peak measured" not in text
