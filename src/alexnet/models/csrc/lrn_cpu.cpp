@@ -153,7 +153,7 @@ void backward_nchw(const T* x, const T* g, T* gx, int64_t N, int64_t C, int64_t 
           q[j] = v * v;
         }
       }
-      // gi = g * denom^-beta; t = g * a * denom^(-beta-1)
+      // gi = denom^-beta; t = g * a * denom^(-beta-1)
       for (int64_t c = 0; c < C; ++c) {
         const int64_t lo = w.lo(c), hi = w.hi(c);
         for (int64_t j = 0; j < len; ++j) acc[j] = 0.f;
@@ -173,11 +173,7 @@ void backward_nchw(const T* x, const T* g, T* gx, int64_t N, int64_t C, int64_t 
           acc[j] = iv / d;
         }
 #pragma omp simd
-        for (int64_t j = 0; j < len; ++j) {
-          const float v = Cvt<T>::load(gc, j);
-          tc[j] = v * Cvt<T>::load(xc, j) * acc[j];
-          gic[j] *= v;
-        }
+        for (int64_t j = 0; j < len; ++j) tc[j] = Cvt<T>::load(gc, j) * Cvt<T>::load(xc, j) * acc[j];
       }
       for (int64_t c = 0; c < C; ++c) {
         const int64_t lo = wt.lo(c), hi = wt.hi(c);
@@ -188,10 +184,14 @@ void backward_nchw(const T* x, const T* g, T* gx, int64_t N, int64_t C, int64_t 
           for (int64_t j = 0; j < len; ++j) acc[j] += tc[j];
         }
         const T* xc = x + off + c * S;
+        const T* gc = g + off + c * S;
         const float* gic = gi.data() + c * kBlock;
         T* oc = gx + off + c * S;
+        // g is read again here rather than g * denom^-beta kept: one pass less over the C x block
+        // scratch, which is out of L1 (15% of the float32 backward at conv1's size)
 #pragma omp simd
-        for (int64_t j = 0; j < len; ++j) Cvt<T>::store(oc, j, gic[j] - coef * Cvt<T>::load(xc, j) * acc[j]);
+        for (int64_t j = 0; j < len; ++j)
+          Cvt<T>::store(oc, j, Cvt<T>::load(gc, j) * gic[j] - coef * Cvt<T>::load(xc, j) * acc[j]);
       }
     }
   });
@@ -250,7 +250,8 @@ inline void window_sum_rows(const float* __restrict src, float* __restrict dst, 
   }
 }
 
-// Per-thread scratch rows, each with `margin` zeros on both sides for the shifted loads.
+// Per-thread scratch rows, each with `margin` zeros on both sides for the shifted loads. (Rows
+// aligned to 64 bytes were tried: no faster forward, and a 1.4x slower bf16 backward.)
 struct Rows {
   int64_t margin;
   std::vector<float> mem;
