@@ -243,6 +243,9 @@ def test_killed_prepare_never_looks_complete_and_rerun_finishes(tmp_path):
     while not state.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
     time.sleep(0.2)
+    with pytest.raises(DataError, match="being prepared by another process"):  # it is still running
+        prepare(str(tmp_path / "src"), out, PrepareOptions(size=16, workers=1, chunk=4, progress=False))
+    assert proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "dataset.json").exists() and not (out / "train" / "manifest.json").exists()

@@ -11,6 +11,7 @@ written, and OUT/dataset.json, the completion marker, is written last of all.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -72,6 +73,31 @@ def prepare(source_spec: str, out: str | os.PathLike[str], options: PrepareOptio
     channels = opts.channels or source.channels or 3
     root = Path(out)
     plan = make_plan(source, size, channels, opts)
+    lock = _lock_output(root)
+    try:
+        return _prepare_locked(source, root, size, channels, opts, plan)
+    finally:
+        os.close(lock)
+
+
+def _lock_output(root: Path) -> int:
+    """flock OUT itself (no file is added to it) so that two prepares never write one store; the
+    kernel drops the lock when the process dies, so a killed run never leaves OUT locked."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise DataError(f"cannot create or open {root}: {e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DataError(f"{root} is being prepared by another process; wait for it or use another OUT") from None
+    return fd
+
+
+def _prepare_locked(source: Source, root: Path, size: int, channels: int, opts: PrepareOptions,
+                    plan: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     done = _claim_output(root, plan, opts.overwrite)
     if done is not None:
         done["already_complete"] = True
