@@ -10,6 +10,7 @@ the optional alternative backend (`backend="faiss"`), used only where it is inst
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,14 @@ class Neighbors:
 
     def to_list(self) -> list[list[tuple[int, float]]]:
         return [list(zip(map(int, i), map(float, d))) for i, d in zip(self.indices, self.distances)]
+
+
+def _read_only_tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor sharing `a`'s memory, which may be a read-only memmap: this search only reads it,
+    so torch's warning about non-writable arrays (and a copy of every chunk) are not needed."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(a)
 
 
 def faiss_available() -> bool:
@@ -84,7 +93,7 @@ def exact_search(
     best_i = torch.full((len(q), keep), -1, dtype=torch.int64)
     excl = None if exclude is None else torch.as_tensor(np.asarray(exclude, dtype=np.int64))
     for start in range(0, n, rows):
-        x = torch.from_numpy(np.asarray(database[start : start + rows], dtype=np.float32))
+        x = _read_only_tensor(np.asarray(database[start : start + rows], dtype=np.float32))
         x_sq = (x * x).sum(1)
         for qs in range(0, len(q), query_block):
             qe = min(qs + query_block, len(q))
