@@ -96,6 +96,10 @@ void forward_nchw(const T* x, T* y, int64_t N, int64_t C, int64_t S, Window w,
                   float scale, float beta, float k) {
   const int64_t nblocks = (S + kBlock - 1) / kBlock;
   at::parallel_for(0, N * nblocks, 1, [&](int64_t begin, int64_t end) {
+    // The constants copied into each thread's locals. Read through the lambda's references they may
+    // alias the float rows the loops store to, so they were reloaded after every store from the
+    // calling thread's stack: 1.7-1.9x slower channels_last forward, 1.1-1.5x slower backward.
+    const float kk = k, sc = scale, bt = beta;
     std::vector<float> sq(C * kBlock);
     float acc[kBlock];
     for (int64_t item = begin; item < end; ++item) {
@@ -123,7 +127,7 @@ void forward_nchw(const T* x, T* y, int64_t N, int64_t C, int64_t S, Window w,
         const T* xc = xn + c * S;
         T* yc = yn + c * S;
 #pragma omp simd
-        for (int64_t j = 0; j < len; ++j) acc[j] = neg_pow<B>(k + scale * acc[j], beta);
+        for (int64_t j = 0; j < len; ++j) acc[j] = neg_pow<B>(kk + sc * acc[j], bt);
 #pragma omp simd
         for (int64_t j = 0; j < len; ++j) Cvt<T>::store(yc, j, Cvt<T>::load(xc, j) * acc[j]);
       }
@@ -138,6 +142,8 @@ void backward_nchw(const T* x, const T* g, T* gx, int64_t N, int64_t C, int64_t 
   const Window wt{w.after, w.before, C};  // transposed window
   const float coef = 2.f * scale * beta;
   at::parallel_for(0, N * nblocks, 1, [&](int64_t begin, int64_t end) {
+    // (constants as locals: see forward_nchw)
+    const float kk = k, sc = scale, bt = beta, cf = coef;
     std::vector<float> sq(C * kBlock), gi(C * kBlock), t(C * kBlock);
     float acc[kBlock];
     for (int64_t item = begin; item < end; ++item) {
@@ -168,7 +174,7 @@ void backward_nchw(const T* x, const T* g, T* gx, int64_t N, int64_t C, int64_t 
         float* tc = t.data() + c * kBlock;
 #pragma omp simd
         for (int64_t j = 0; j < len; ++j) {
-          const float d = k + scale * acc[j], iv = neg_pow<B>(d, beta);
+          const float d = kk + sc * acc[j], iv = neg_pow<B>(d, bt);
           gic[j] = iv;
           acc[j] = iv / d;
         }
@@ -191,7 +197,7 @@ void backward_nchw(const T* x, const T* g, T* gx, int64_t N, int64_t C, int64_t 
         // scratch, which is out of L1 (15% of the float32 backward at conv1's size)
 #pragma omp simd
         for (int64_t j = 0; j < len; ++j)
-          Cvt<T>::store(oc, j, Cvt<T>::load(gc, j) * gic[j] - coef * Cvt<T>::load(xc, j) * acc[j]);
+          Cvt<T>::store(oc, j, Cvt<T>::load(gc, j) * gic[j] - cf * Cvt<T>::load(xc, j) * acc[j]);
       }
     }
   });
@@ -267,6 +273,8 @@ void forward_nhwc(const T* x, T* y, int64_t pixels, int64_t C, Window w, float s
   const int64_t block = std::max<int64_t>(1, kRow / std::max<int64_t>(C, 1));
   const int64_t margin = std::max(w.before, w.after);
   at::parallel_for(0, (pixels + block - 1) / block, 1, [&](int64_t begin, int64_t end) {
+    // (constants as locals: see forward_nchw)
+    const float kk = k, sc = scale, bt = beta;
     Rows rows(2, block * C, margin);
     float *sq = rows[0], *d = rows[1];
     for (int64_t b = begin; b < end; ++b) {
@@ -281,7 +289,7 @@ void forward_nhwc(const T* x, T* y, int64_t pixels, int64_t C, Window w, float s
       for (int64_t i = L; i < L + margin; ++i) sq[i] = 0.f;  // a short last block leaves stale values
       window_sum_rows(sq, d, np, C, w.before, w.after);
 #pragma omp simd
-      for (int64_t i = 0; i < L; ++i) d[i] = neg_pow<B>(k + scale * d[i], beta);
+      for (int64_t i = 0; i < L; ++i) d[i] = neg_pow<B>(kk + sc * d[i], bt);
 #pragma omp simd
       for (int64_t i = 0; i < L; ++i) Cvt<T>::store(yb, i, Cvt<T>::load(xb, i) * d[i]);
     }
@@ -295,6 +303,8 @@ void backward_nhwc(const T* x, const T* g, T* gx, int64_t pixels, int64_t C, Win
   const int64_t margin = std::max(w.before, w.after);
   const float coef = 2.f * scale * beta;
   at::parallel_for(0, (pixels + block - 1) / block, 1, [&](int64_t begin, int64_t end) {
+    // (constants as locals: see forward_nchw)
+    const float kk = k, sc = scale, bt = beta, cf = coef;
     Rows rows(4, block * C, margin);
     float *sq = rows[0], *d = rows[1], *gi = rows[2], *t = rows[3];
     for (int64_t b = begin; b < end; ++b) {
@@ -311,7 +321,7 @@ void backward_nhwc(const T* x, const T* g, T* gx, int64_t pixels, int64_t C, Win
       // gi = g * denom^-beta; t = g * a * denom^(-beta-1); then the transposed window
 #pragma omp simd
       for (int64_t i = 0; i < L; ++i) {
-        const float dn = k + scale * d[i], iv = neg_pow<B>(dn, beta);
+        const float dn = kk + sc * d[i], iv = neg_pow<B>(dn, bt);
         gi[i] = iv;
         d[i] = iv / dn;
       }
@@ -324,7 +334,7 @@ void backward_nhwc(const T* x, const T* g, T* gx, int64_t pixels, int64_t C, Win
       window_sum_rows(t, sq, np, C, w.after, w.before);
       T* ob = gx + p0 * C;
 #pragma omp simd
-      for (int64_t i = 0; i < L; ++i) Cvt<T>::store(ob, i, gi[i] - coef * Cvt<T>::load(xb, i) * sq[i]);
+      for (int64_t i = 0; i < L; ++i) Cvt<T>::store(ob, i, gi[i] - cf * Cvt<T>::load(xb, i) * sq[i]);
     }
   });
 }
