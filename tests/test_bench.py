@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from alexnet.bench.train import step_flops
 from alexnet.bench.worker import peak_flops_per_image
 from alexnet.cli import main
 from alexnet.models import create_model
@@ -20,7 +21,12 @@ def test_bench_reports_the_limit_from_a_peak_measured_in_the_same_run(command, p
     assert set(r["results"]) == {"alexnet", "alexnet bf16"}  # the probe is reported apart, not as a candidate
     ours = r["results"]["alexnet"]["images_per_s"]
     assert r["ratios"]["alexnet bf16 / alexnet"] == pytest.approx(r["results"]["alexnet bf16"]["images_per_s"] / ours)
-    flops = 2 * passes * summarize(create_model("alexnet-small")).macs
+    s = summarize(create_model("alexnet-small"))
+    first = s.rows[0]
+    assert first.name == "features.conv1" and first.macs > 0
+    # a training step: forward, weight gradients, input gradients, except the image's (never computed)
+    flops = 2 * s.macs if passes == 1 else 2 * 3 * s.macs - 2 * first.macs
+    assert r["flops_per_image"] == pytest.approx(flops)
     probe = r["peak_probe"]
     assert probe["spec"]["model"] == "peak" and probe["repeats"] == 1
     gflops = probe["images_per_s"] * peak_flops_per_image() / 1e9
@@ -29,6 +35,12 @@ def test_bench_reports_the_limit_from_a_peak_measured_in_the_same_run(command, p
     assert r["fraction_of_limit"] == pytest.approx(ours * flops / 247e9)
     if command == "infer":
         assert r["single_image_latency_ms"] > 0
+
+
+def test_the_paper_model_training_step_is_4_14_gflop_per_image():
+    # the figure behind the issue's ~60 images/s fp32 limit at 247 GFLOP/s
+    assert step_flops("alexnet", 3) / 1e9 == pytest.approx(4.1356, abs=1e-4)
+    assert step_flops("alexnet", 1) / 1e9 == pytest.approx(2 * 0.7244068, abs=1e-6)
 
 
 def test_bench_without_the_probe_omits_its_fields(capsys):

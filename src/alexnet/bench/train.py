@@ -10,7 +10,8 @@ from .timing import environment
 
 # fp32 peak of this 2-core AVX-512 machine on conv layers, measured with large GEMM-like
 # convolutions (DESIGN/issue notes): ~247 GFLOP/s. A training step is ~3x the forward's
-# 2 x multiply-adds. Shared machines run below it at times, so the bench also measures the
+# 2 x multiply-adds, less the first layer's input gradient, which is never computed (see
+# `step_flops`: 4.14 GFLOP per image for the paper model, a limit of ~60 images/s). Shared machines run below it at times, so the bench also measures the
 # peak in the same run (worker "peak") and reports the fraction of both.
 PEAK_GFLOPS = 247.0
 
@@ -49,24 +50,32 @@ def candidates(args: argparse.Namespace, mode: str) -> dict[str, dict[str, Any]]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from ..models import create_model
-    from ..summary import summarize
-    from .worker import peak_flops_per_image
-
     results = run_alternating(candidates(args, "train"), warmup=args.warmup, repeats=args.repeats)
     out = {"benchmark": "train step", "arch": args.arch, "batch": args.batch}
     return {**out, **limits(args, results, passes=3)}
 
 
+def step_flops(arch: str, passes: int) -> float:
+    """FLOPs per image of a forward (`passes` 1) or a training step (`passes` 3): 2 per multiply-add,
+    for the forward, the weight gradients and the input gradients; the first learned layer's input
+    is the image, which needs no gradient, so its input-gradient pass is not counted."""
+    from ..models import create_model
+    from ..summary import summarize
+
+    s = summarize(create_model(arch))
+    flops = 2 * passes * s.macs
+    if passes == 3:
+        flops -= 2 * next(r.macs for r in s.rows if r.macs > 0)
+    return float(flops)
+
+
 def limits(args: argparse.Namespace, results: dict[str, Any], passes: int) -> dict[str, Any]:
     """Ratios to the baselines and the fraction of the fp32 limit, both the fixed peak's and the
     peak probe's of this run. `passes`: the step's cost in forwards (3 for training, 1 for inference)."""
-    from ..models import create_model
-    from ..summary import summarize
     from .worker import peak_flops_per_image
 
     peak = {name: results.pop(name) for name in [n for n in results if n.startswith("peak probe")]}
-    flops = 2 * passes * summarize(create_model(args.arch)).macs
+    flops = step_flops(args.arch, passes)
     ours = results["alexnet"]["images_per_s"]
     ratios = {}
     for name, r in results.items():  # baselines: ours / theirs; our variants (bf16, compiled): variant / ours
@@ -75,7 +84,7 @@ def limits(args: argparse.Namespace, results: dict[str, Any], passes: int) -> di
         elif name != "alexnet":
             ratios[f"alexnet / {name}"] = ours / r["images_per_s"]
     limit = args.peak_gflops * 1e9 / flops
-    out = {"results": results, "ratios": ratios, "fp32_limit_images_per_s": limit, "fraction_of_limit": ours / limit,
+    out = {"results": results, "ratios": ratios, "flops_per_image": flops, "fp32_limit_images_per_s": limit, "fraction_of_limit": ours / limit,
            "env": environment(args.device)}  # fmt: skip
     for probe in peak.values():
         gflops = probe["images_per_s"] * peak_flops_per_image() / 1e9
@@ -92,7 +101,8 @@ def format_result(r: dict[str, Any]) -> str:
     for name, v in r["ratios"].items():
         lines.append(f"  {name:<44} {v:.2f}x")
     if "fp32_limit_images_per_s" in r:
-        lines.append(f"  fp32 limit {r['fp32_limit_images_per_s']:.1f} images/s -> alexnet at {100 * r['fraction_of_limit']:.0f}%")
+        lines.append(f"  fp32 limit {r['fp32_limit_images_per_s']:.1f} images/s ({r['flops_per_image'] / 1e9:.2f} GFLOP per image at "
+                     f"{r['fp32_limit_images_per_s'] * r['flops_per_image'] / 1e9:.0f} GFLOP/s) -> alexnet at {100 * r['fraction_of_limit']:.0f}%")  # fmt: skip
     if "measured_peak_gflops" in r:
         lines.append(f"  peak measured in this run {r['measured_peak_gflops']:.0f} GFLOP/s (conv3 forward, fp32): limit "
                      f"{r['measured_limit_images_per_s']:.1f} images/s -> alexnet at {100 * r['fraction_of_measured_limit']:.0f}%")  # fmt: skip
