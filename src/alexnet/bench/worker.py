@@ -60,19 +60,20 @@ def peak_flops_per_image() -> float:
     return 2.0 * PEAK_SIZE * PEAK_SIZE * c["out_channels"] * c["in_channels"] * c["kernel_size"] ** 2
 
 
-def build(spec: dict[str, Any]) -> tuple[nn.Module, int]:
+def build(spec: dict[str, Any]) -> tuple[nn.Module, int, int]:
+    """The model a spec names, with its input's channels and side."""
     kind = spec["model"]
     if kind == "peak":
-        return nn.Conv2d(**PEAK_CONV), PEAK_SIZE
+        return nn.Conv2d(**PEAK_CONV), PEAK_CONV["in_channels"], PEAK_SIZE
     if kind == "torchvision":
-        return torchvision_style(), 224
+        return torchvision_style(), 3, 224
     if kind == "naive-paper":
-        return naive_paper(), 227
+        return naive_paper(), 3, 227
     from ..models import create_model
 
     model = create_model(spec.get("arch", "alexnet"), **spec.get("options", {}))
-    size = int(getattr(model, "config", {}).get("input_size", 224))
-    return model, size
+    config = getattr(model, "config", {})
+    return model, int(config.get("in_chans", 3)), int(config.get("input_size", 224))
 
 
 def main() -> None:
@@ -83,10 +84,9 @@ def main() -> None:
         tune_allocator()
     torch.set_num_threads(int(spec.get("threads") or torch.get_num_threads()))
     device = torch.device(spec.get("device", "cpu"))
-    model, size = build(spec)
+    model, in_chans, size = build(spec)
     model = model.to(device)
     batch, mode = int(spec["batch"]), spec["mode"]  # "train" or "infer"
-    in_chans = PEAK_CONV["in_channels"] if spec["model"] == "peak" else int(getattr(model, "config", {}).get("in_chans", 3))
     x = torch.randn(batch, in_chans, size, size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     if spec.get("channels_last"):
