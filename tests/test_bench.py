@@ -49,3 +49,15 @@ def test_bench_without_the_probe_omits_its_fields(capsys):
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "fp32 limit" in text and "peak measured" not in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--batch", "0"], "--batch must be >= 1, got 0"),
+    (["infer", "--repeats", "0"], "--repeats must be >= 1, got 0"),
+    (["lrn", "--warmup", "-1"], "--warmup must be >= 0, got -1"),
+    (["loader", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+])  # fmt: skip
+def test_bench_refuses_counts_below_one_in_one_line(args, message, capsys):
+    assert main(["bench", *args]) == 2  # before any worker starts: no traceback from a division by zero
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(message) and len(err.splitlines()) == 1

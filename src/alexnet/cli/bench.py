@@ -26,7 +26,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         kp.set_defaults(func=run, bench_module=module)
 
 
+# Integer flags of the bench kinds that count something (a kind has some of them): at least 1;
+# --warmup may be 0.
+COUNTS = ("batch", "batch_size", "repeats", "images", "classes", "decode_images", "store_batches", "size", "crop")
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    from ..errors import ConfigError
+
+    for name in COUNTS:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if getattr(args, "warmup", 0) < 0:
+        raise ConfigError(f"--warmup must be >= 0, got {args.warmup}")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_counts(args)
     result = args.bench_module.run(args)
     if args.json:
         print(json.dumps(result, indent=2))
