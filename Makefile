@@ -22,7 +22,7 @@ setup:
 	$(BIN)/pip install -q --disable-pip-version-check $(TORCH); \
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt; \
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .; \
-	$(BIN)/python -c "from alexnet.models.lrn import kernel_available as k; k() or print('fused LRN kernel not built: using the torch-op LRN')"; \
+	$(BIN)/python -c "from alexnet.kernels import available as k; k() or print('C++ kernels not built: using torch ops for the LRN and the optimizer')"; \
 	echo "$(TORCH) $$(cat requirements.txt pyproject.toml | cksum)" > $(STAMP)
 
 # Fashion-MNIST from Debian's package where apt works (root), else `prepare` downloads it.

@@ -17,9 +17,9 @@ differentiates through it with autograd; on a 2-core CPU it is ~40% of a whole A
 forward. Two backends here, both with a hand-written backward:
 
 - ``fused`` (CPU): a small C++ kernel (csrc/lrn_cpu.cpp), one pass over memory forward and one
-  backward, compiled on first use (or by `make setup`) with torch's extension builder and cached
-  per machine under ~/.cache/alexnet; bf16/fp16 tensors are read and written in their own type
-  with float32 arithmetic (no cast copies);
+  backward, built on first use (or by `make setup`) with the package's other kernels
+  (alexnet/kernels.py); bf16/fp16 tensors are read and written in their own type with float32
+  arithmetic (no cast copies);
 - ``torch`` (any dtype and device, and the fallback where no compiler is found): the window
   sum as n-1 shifted in-place adds, rsqrt for beta=0.75, only input and denominator saved.
 
@@ -29,76 +29,15 @@ docs/benchmarks.md (`alexnet bench lrn`).
 
 from __future__ import annotations
 
-import logging
 import os
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .. import kernels
+
 CONVENTIONS = ("paper", "per-term")
 BACKENDS = ("auto", "fused", "torch")
-_log = logging.getLogger(__name__)
-_kernel: Any = None  # the loaded C++ module, False once loading failed
-
-
-_CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-strict-aliasing", "-fopenmp"]
-
-
-def _kernel_dir(source: bytes) -> tuple[str, Path]:
-    """A build folder named by the hash of the source, flags and torch version.
-
-    torch's extension builder keys its cache on the module name and rebuilds whenever the
-    source's path changes, so every fresh clone paid the ~50 s compile again on its first
-    training step. Copied into a folder named by its content hash, the same kernel is built once
-    per machine (per torch version and flags) whichever checkout asks for it.
-    """
-    import hashlib
-    import tempfile
-
-    key = hashlib.sha256(source + " ".join(_CFLAGS).encode() + torch.__version__.encode()).hexdigest()[:16]
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "alexnet"
-    for root in (base, Path(tempfile.gettempdir()) / f"alexnet-{os.getuid() if hasattr(os, 'getuid') else 'user'}"):
-        folder = root / f"lrn-{key}"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            copy = folder / "lrn_cpu.cpp"
-            if not copy.is_file() or copy.read_bytes() != source:
-                tmp = folder / f".lrn_cpu.cpp.{os.getpid()}"
-                tmp.write_bytes(source)
-                os.replace(tmp, copy)  # atomic: a concurrent process sees the old or the new file, never half
-            return key, folder
-        except OSError:
-            continue
-    raise OSError("no writable cache folder for the LRN kernel build")
-
-
-def _load_kernel() -> Any:
-    """Build (once per machine, ~30-60 s) and load the fused CPU kernel; None if unavailable."""
-    global _kernel
-    if _kernel is None:
-        try:
-            from torch.utils import cpp_extension
-
-            key, folder = _kernel_dir((Path(__file__).with_name("csrc") / "lrn_cpu.cpp").read_bytes())
-            _kernel = cpp_extension.load(
-                name=f"alexnet_lrn_cpu_{key}",
-                sources=[str(folder / "lrn_cpu.cpp")],
-                build_directory=str(folder),  # torch's file lock there serialises concurrent builds
-                extra_cflags=_CFLAGS,
-                extra_ldflags=["-fopenmp"],
-                verbose=False,
-            )
-        except Exception as exc:  # no compiler, no headers, no ninja: the torch backend still works
-            _log.info("fused LRN kernel unavailable, using the torch backend: %s", exc)
-            _kernel = False
-    return _kernel or None
-
-
-def kernel_available() -> bool:
-    """Build the fused kernel now if needed (`make setup` calls this); False where it cannot be built."""
-    return _load_kernel() is not None
 
 
 def backend_for(x: Tensor) -> str:
@@ -112,7 +51,7 @@ def backend_for(x: Tensor) -> str:
         if choice == "fused" and not eligible:
             raise ValueError(f"the fused LRN takes float CPU tensors, got {x.dtype} on {x.device}")
         return "torch"
-    if _load_kernel() is None:
+    if kernels.load() is None:
         if choice == "fused":
             raise RuntimeError("ALEXNET_LRN_BACKEND=fused but the C++ kernel could not be built")
         return "torch"
@@ -157,12 +96,12 @@ class _FusedLRN(torch.autograd.Function):
     def forward(ctx, x: Tensor, size: int, scale: float, beta: float, k: float) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x)
         ctx.params = (size, scale, beta, k)
-        return _kernel.forward(x, size, scale, beta, k)  # bf16/fp16 read and written as they are
+        return kernels.load().lrn_forward(x, size, scale, beta, k)  # bf16/fp16 read and written as they are
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        return _kernel.backward(grad_out, x, *ctx.params), None, None, None, None
+        return kernels.load().lrn_backward(grad_out, x, *ctx.params), None, None, None, None
 
 
 class _LRNFunction(torch.autograd.Function):

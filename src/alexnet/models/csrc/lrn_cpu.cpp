@@ -10,7 +10,7 @@
 // only the input is saved. Reduced-precision tensors are converted element by element as they
 // are read and written: no float32 copy of the tensor is ever made (under bf16 autocast the
 // casts around a float32-only kernel took as long as the kernel itself).
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <cmath>
 #include <cstring>
@@ -400,9 +400,4 @@ at::Tensor lrn_backward(const at::Tensor& grad, const at::Tensor& input, int64_t
     });
   });
   return gx;
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &lrn_forward, "fused LRN forward (float32/bfloat16/float16, CPU)");
-  m.def("backward", &lrn_backward, "fused LRN backward (float32/bfloat16/float16, CPU)");
 }
