@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from alexnet import kernels
 from alexnet.config import OptimConfig, load_config
 from alexnet.errors import ConfigError
 from alexnet.train.optim import PaperSGD, Schedule, set_lr
@@ -50,6 +51,50 @@ def test_paper_rule_equals_torch_sgd_at_constant_lr():
         pa.step()
         pb.step()
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _paper_run(params, grads, lrs):
+    opt = PaperSGD(params, lr=lrs[0], momentum=0.9, weight_decay=5e-4)
+    for g, lr in zip(grads, lrs):
+        set_lr(opt, lr)
+        for p, gp in zip(params, g):
+            p.grad = gp.clone()
+        opt.step()
+    return [opt.state[p]["velocity"] for p in params]
+
+
+def test_one_pass_kernel_equals_the_foreach_path(monkeypatch):
+    if not kernels.available():
+        pytest.skip("C++ kernels not built on this machine")
+    torch.manual_seed(0)
+    shapes = [(96, 3, 11, 11), (96,), (4096, 300), (7,)]  # a conv weight, biases, more than one work item
+    start = [torch.randn(s) for s in shapes]
+    start[0] = start[0].contiguous(memory_format=torch.channels_last)  # kernel keeps any dense layout
+    grads = [[torch.randn(s).contiguous(memory_format=torch.channels_last) if len(s) == 4 else torch.randn(s)
+              for s in shapes] for _ in range(3)]  # fmt: skip
+    lrs = [0.01, 0.01, 0.001]
+    calls = []
+    real = kernels.load().paper_sgd_
+    module = type("M", (), {"paper_sgd_": staticmethod(lambda *a: calls.append(1) or real(*a))})
+    monkeypatch.setattr(kernels, "load", lambda: module)
+    fast = [torch.nn.Parameter(t.clone()) for t in start]
+    v_fast = _paper_run(fast, grads, lrs)
+    assert len(calls) == 3  # the kernel did the work
+    monkeypatch.setattr("alexnet.train.optim._one_pass", lambda *a: False)
+    slow = [torch.nn.Parameter(t.clone()) for t in start]
+    v_slow = _paper_run(slow, grads, lrs)
+    for a, b, va, vb in zip(fast, slow, v_fast, v_slow):
+        assert a.stride() == b.stride()
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(va, vb, rtol=1e-5, atol=1e-8)
+
+
+def test_one_pass_kernel_is_skipped_for_other_dtypes():
+    w = torch.nn.Parameter(torch.ones(4, dtype=torch.float64))
+    opt = PaperSGD([w], lr=0.1, momentum=0.9, weight_decay=0.0)
+    w.grad = torch.ones(4, dtype=torch.float64)
+    opt.step()  # float64: the foreach path
+    assert w.tolist() == [0.9] * 4 and w.dtype == torch.float64
 
 
 def test_optimizer_state_round_trip():
