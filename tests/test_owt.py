@@ -41,7 +41,8 @@ def test_torchvision_state_dict_loads_strict_and_matches():
     ours.load_state_dict(sd, strict=True)
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
-        torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=0)
+        # equal up to float32 rounding: our fc layers multiply in oneDNN, the reference's in MKL
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-7)
 
 
 def test_options_keep_torchvision_keys():

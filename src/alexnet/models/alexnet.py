@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from .init import init_weights
-from .layers import make_activation, make_pool
+from .layers import Linear, make_activation, make_pool
 from .lrn import LocalResponseNorm
 from .registry import register_model
 
@@ -129,12 +129,12 @@ class AlexNet(nn.Module):
         width = channels * size * size
         for i, hidden in enumerate(fc):
             idx = 6 + i
-            head[f"fc{idx}"] = nn.Linear(width, hidden)
+            head[f"fc{idx}"] = Linear(width, hidden)
             head[f"act{idx}"] = make_activation(activation)
             if dropout > 0:
                 head[f"drop{idx}"] = nn.Dropout(dropout)  # inverted dropout == the paper's x0.5 at test
             width = hidden
-        head[f"fc{6 + len(fc)}"] = nn.Linear(width, num_classes)
+        head[f"fc{6 + len(fc)}"] = Linear(width, num_classes)
         self.classifier = nn.Sequential(head)
         self.num_classes = num_classes
 

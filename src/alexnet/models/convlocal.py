@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from .init import init_weights
-from .layers import LocallyConnected2d, make_activation, make_pool
+from .layers import Linear, LocallyConnected2d, make_activation, make_pool
 from .lrn import LocalResponseNorm
 from .registry import register_model
 
@@ -69,7 +69,7 @@ class ConvLocalNet(nn.Module):
             channels = 32
         self.features = nn.Sequential(layers)
         self.feature_shape = (channels, size, size)
-        self.classifier = nn.Sequential(OrderedDict(fc10=nn.Linear(channels * size * size, num_classes)))
+        self.classifier = nn.Sequential(OrderedDict(fc10=Linear(channels * size * size, num_classes)))
         self.num_classes = num_classes
         init_weights(self, init, std=_CFG_STD)
 

@@ -1,8 +1,10 @@
-"""Building blocks shared by the model files: activations, pooling choices, the locally connected layer."""
+"""Building blocks shared by the model files: activations, pooling choices, the fully connected and
+locally connected layers."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +39,59 @@ def make_pool(pooling: str, padding: int = 0, ceil_mode: bool = False) -> nn.Max
     if kernel == 2:  # 2x2/2 reaches the same output sizes without the overlap's padding
         padding = 0
     return nn.MaxPool2d(kernel, stride, padding=padding, ceil_mode=ceil_mode)
+
+
+# oneDNN's matmul as torch exposes it (the op torch.compile's CPU backend uses); None without it.
+_LINEAR_OP: Any = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """y = x W^T + b with the forward and input gradient as oneDNN matmuls.
+
+    torch's float32 CPU matmul is MKL's sgemm, which on the AMD machines we train on runs the
+    fc layers' batch-64 GEMMs at ~100-120 GFLOP/s; oneDNN's matmul, which dispatches on the
+    instruction set rather than the vendor, runs the same products at ~150-175 (figures in
+    docs/benchmarks.md). The weight gradient (a K=batch product writing the whole weight) stays
+    with torch.mm, which is as fast there.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _LINEAR_OP(x, weight, bias, "none", [], "")
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        gx = _LINEAR_OP(grad, weight.t(), None, "none", [], "") if ctx.needs_input_grad[0] else None
+        gw = torch.mm(grad.t(), x) if ctx.needs_input_grad[1] else None
+        gb = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb
+
+
+def _onednn_eligible(x: Tensor, weight: Tensor) -> bool:
+    if _LINEAR_OP is None or x.device.type != "cpu" or x.dim() != 2:
+        return False
+    if x.dtype != torch.float32 or weight.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+        return False  # bf16 autocast already runs its linears in oneDNN
+    # exporters and compilers trace the standard op
+    return not (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """F.linear, with float32 CPU matrices multiplied by oneDNN (see _OneDNNLinear)."""
+    if _onednn_eligible(x, weight):
+        return _OneDNNLinear.apply(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and state dict) whose float32 CPU products run in oneDNN."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight, self.bias)
 
 
 class LocallyConnected2d(nn.Module):

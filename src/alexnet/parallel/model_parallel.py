@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..models.alexnet import AlexNet
+from ..models.layers import Linear
 from ..models.lrn import LocalResponseNorm
 
 # Modules without parameters that each tower can apply to its own maps.
@@ -141,7 +142,7 @@ class TwoTowerAlexNet(nn.Module):
             if m.out_features % 2:
                 raise ConfigError(f"{name}: {m.out_features} neurons cannot be split into two towers")
             for t in range(2):
-                fc = nn.Linear(m.in_features, m.out_features // 2)
+                fc = Linear(m.in_features, m.out_features // 2)
                 fc.weight.copy_(_half(m.weight, t))
                 fc.bias.copy_(_half(m.bias, t))
                 self._place(t, name, fc, dtype)
