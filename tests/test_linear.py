@@ -30,7 +30,7 @@ def test_forward_and_gradients_match_nn_linear(monkeypatch, bias):
     calls = _count_calls(monkeypatch)
     out = ours(xa)
     out.backward(g)
-    assert calls == [(9, 300), (9, 70)]  # forward, and the input gradient
+    assert calls == [(9, 300), (9, 70), (70, 9)]  # forward, input gradient, weight gradient
     ref(xb).backward(g)
     torch.testing.assert_close(out, ref(x), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-5)
@@ -43,7 +43,7 @@ def test_frozen_input_skips_the_input_gradient(monkeypatch):
     layer = Linear(20, 5)
     calls = _count_calls(monkeypatch)
     layer(torch.randn(4, 20)).sum().backward()  # the image-side input needs no gradient
-    assert calls == [(4, 20)]
+    assert calls == [(4, 20), (5, 4)]  # forward and weight gradient
     assert layer.weight.grad is not None and layer.bias.grad is not None
 
 

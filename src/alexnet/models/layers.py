@@ -51,8 +51,8 @@ class _OneDNNLinear(torch.autograd.Function):
     torch's float32 CPU matmul is MKL's sgemm, which on the AMD machines we train on runs the
     fc layers' batch-64 GEMMs at ~100-120 GFLOP/s; oneDNN's matmul, which dispatches on the
     instruction set rather than the vendor, runs the same products at ~150-175 (figures in
-    docs/benchmarks.md). The weight gradient (a K=batch product writing the whole weight) stays
-    with torch.mm, which is as fast there.
+    docs/benchmarks.md). The weight gradient, a product over the batch that writes the whole
+    weight, is one too: grad^T x = grad^T (x^T)^T, with x^T as the "weight" operand.
     """
 
     @staticmethod
@@ -66,7 +66,7 @@ class _OneDNNLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad = grad.contiguous()
         gx = _LINEAR_OP(grad, weight.t(), None, "none", [], "") if ctx.needs_input_grad[0] else None
-        gw = torch.mm(grad.t(), x) if ctx.needs_input_grad[1] else None
+        gw = _LINEAR_OP(grad.t().contiguous(), x.t(), None, "none", [], "") if ctx.needs_input_grad[1] else None
         gb = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return gx, gw, gb
 
