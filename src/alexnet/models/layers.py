@@ -1,5 +1,5 @@
-"""Building blocks shared by the model files: activations, pooling choices, the fully connected and
-locally connected layers."""
+"""Building blocks shared by the model files: activations, pooling choices, the convolution, fully
+connected and locally connected layers."""
 
 from __future__ import annotations
 
@@ -41,6 +41,92 @@ def make_pool(pooling: str, padding: int = 0, ceil_mode: bool = False) -> nn.Max
     return nn.MaxPool2d(kernel, stride, padding=padding, ceil_mode=ceil_mode)
 
 
+def _traced() -> bool:
+    """True under torch.jit scripting/tracing or torch.compile: exporters and compilers see standard ops."""
+    return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+class _ChunkedWeightGradConv(torch.autograd.Function):
+    """F.conv2d whose weight and bias gradients are summed over slices of at most `chunk` images.
+
+    The input gradient is one call over the whole batch, as in the standard backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, conv: Conv2d, chunk: int) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        ctx.geometry = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
+        ctx.bias_sizes = [weight.shape[0]] if bias is not None else None
+        ctx.chunk = chunk
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.geometry
+        backward = torch.ops.aten.convolution_backward
+
+        def call(g: Tensor, inp: Tensor, mask: list[bool]) -> tuple[Tensor | None, ...]:
+            return backward(g, inp, weight, ctx.bias_sizes, stride, padding, dilation, False, [0, 0], groups, mask)
+
+        gx = call(grad, x, [True, False, False])[0] if ctx.needs_input_grad[0] else None
+        gw = gb = None
+        want_w, want_b = ctx.needs_input_grad[1], ctx.bias_sizes is not None and ctx.needs_input_grad[2]
+        if want_w or want_b:
+            for start in range(0, x.shape[0], ctx.chunk):
+                end = start + ctx.chunk
+                _, w_part, b_part = call(grad[start:end], x[start:end], [False, want_w, want_b])
+                # bf16 slices (autocast) are summed in float32 and rounded once, by autograd
+                if want_w:
+                    gw = w_part.float() if gw is None else gw.add_(w_part)
+                if want_b:
+                    gb = b_part.float() if gb is None else gb.add_(b_part)
+        return gx, gw, gb, None, None
+
+
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d (same parameters and state dict); on the CPU, with `weight_grad_chunk` set, the
+    weight gradient of a larger batch is summed over slices of that many images.
+
+    Why: oneDNN computes the paper's conv1 weight gradient (3 -> 96 channels, 11x11/4 on 227x227)
+    with its direct AVX-512 kernel up to a batch of ~100 images, and above that falls back to a
+    GEMM path 2-2.5x slower per image: at the paper's batch of 128 that one gradient took ~410 ms
+    of a ~3.1 s step, against ~190 ms as two slices of 64 (docs/benchmarks.md). The sum over
+    slices is the same gradient, to float rounding.
+    """
+
+    def __init__(self, *args: Any, weight_grad_chunk: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if weight_grad_chunk is not None and weight_grad_chunk < 1:
+            raise ConfigError(f"weight_grad_chunk must be >= 1, got {weight_grad_chunk}")
+        self.weight_grad_chunk = weight_grad_chunk
+
+    def forward(self, x: Tensor) -> Tensor:
+        chunk = self.weight_grad_chunk
+        if (
+            chunk is None
+            or _traced()
+            or x.device.type != "cpu"
+            or x.dim() != 4
+            or x.shape[0] <= chunk
+            or not (torch.is_grad_enabled() and self.weight.requires_grad)
+            or self.padding_mode != "zeros"
+            or isinstance(self.padding, str)
+        ):
+            return super().forward(x)
+        weight, bias = self.weight, self.bias
+        if torch.is_autocast_enabled("cpu"):  # the casts autocast would make for F.conv2d
+            dtype = torch.get_autocast_dtype("cpu")
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = bias.to(dtype) if bias is not None else None
+        with torch.autocast("cpu", enabled=False):
+            return _ChunkedWeightGradConv.apply(x, weight, bias, self, chunk)
+
+    def extra_repr(self) -> str:
+        extra = f", weight_grad_chunk={self.weight_grad_chunk}" if self.weight_grad_chunk is not None else ""
+        return super().extra_repr() + extra
+
+
 # oneDNN's matmul as torch exposes it (the op torch.compile's CPU backend uses); None without it.
 _LINEAR_OP: Any = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
 
@@ -76,8 +162,7 @@ def _onednn_eligible(x: Tensor, weight: Tensor) -> bool:
         return False
     if x.dtype != torch.float32 or weight.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
         return False  # bf16 autocast already runs its linears in oneDNN
-    # exporters and compilers trace the standard op
-    return not (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling())
+    return not _traced()
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
