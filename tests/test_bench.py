@@ -51,9 +51,19 @@ def test_bench_without_the_probe_omits_its_fields(capsys):
     assert "fp32 limit" in text and "peak measured" not in text
 
 
+def test_bench_steps_per_turn_is_reported(capsys):
+    args = ["bench", "train", "--arch", "alexnet-small", "--batch", "2", "--repeats", "1", "--warmup", "0",
+            "--no-baselines", "--no-peak", "--steps", "2"]
+    assert main(args) == 0
+    assert "batch 2, 2 steps per turn" in capsys.readouterr().out.splitlines()[0]
+    assert main([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps_per_turn"] == 2
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "--batch", "0"], "--batch must be >= 1, got 0"),
     (["infer", "--repeats", "0"], "--repeats must be >= 1, got 0"),
+    (["train", "--steps", "0"], "--steps must be >= 1, got 0"),
     (["lrn", "--warmup", "-1"], "--warmup must be >= 0, got -1"),
     (["loader", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
 ])  # fmt: skip

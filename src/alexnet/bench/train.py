@@ -23,6 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=1,
+                   help="consecutive steps each candidate times per turn (default 1; more is closer to a training "
+                        "run's back-to-back steps, which do not start on caches another worker left cold)")  # fmt: skip
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="our model in channels_last")  # fmt: skip
     p.add_argument("--bf16", action="store_true", help="also time our model under bf16 autocast")
@@ -52,8 +55,8 @@ def candidates(args: argparse.Namespace, mode: str) -> dict[str, dict[str, Any]]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    results = run_alternating(candidates(args, "train"), warmup=args.warmup, repeats=args.repeats)
-    out = {"benchmark": "train step", "arch": args.arch, "batch": args.batch}
+    results = run_alternating(candidates(args, "train"), warmup=args.warmup, repeats=args.repeats, steps=args.steps)
+    out = {"benchmark": "train step", "arch": args.arch, "batch": args.batch, "steps_per_turn": args.steps}
     return {**out, **limits(args, results, passes=3)}
 
 
@@ -96,7 +99,8 @@ def limits(args: argparse.Namespace, results: dict[str, Any], passes: int) -> di
 
 
 def format_result(r: dict[str, Any]) -> str:
-    lines = [f"{r['benchmark']}: {r['arch']}, batch {r['batch']} ({r['env']['device']}, {r['env']['torch_threads']} threads)"]
+    turn = f", {r['steps_per_turn']} steps per turn" if r.get("steps_per_turn", 1) > 1 else ""
+    lines = [f"{r['benchmark']}: {r['arch']}, batch {r['batch']}{turn} ({r['env']['device']}, {r['env']['torch_threads']} threads)"]
     for name, s in r["results"].items():
         lines.append(f"  {name:<30} {s['images_per_s']:8.1f} images/s  (median {s['median_s']:.3f} s, "
                      f"min {s['min_s']:.3f}, max {s['max_s']:.3f}, n={s['repeats']})")  # fmt: skip

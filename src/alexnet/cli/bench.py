@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # Integer flags of the bench kinds that count something (a kind has some of them): at least 1;
 # --warmup may be 0.
-COUNTS = ("batch", "batch_size", "repeats", "images", "classes", "decode_images", "store_batches", "size", "crop")
+COUNTS = ("batch", "batch_size", "repeats", "steps", "images", "classes", "decode_images", "store_batches", "size", "crop")
 
 
 def check_counts(args: argparse.Namespace) -> None:
