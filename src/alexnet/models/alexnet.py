@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from .init import init_weights
-from .layers import Conv2d, Linear, make_activation, make_pool
+from .layers import Conv2d, Dropout, Linear, make_activation, make_pool
 from .lrn import LocalResponseNorm
 from .registry import register_model
 
@@ -138,7 +138,7 @@ class AlexNet(nn.Module):
             head[f"fc{idx}"] = Linear(width, hidden)
             head[f"act{idx}"] = make_activation(activation)
             if dropout > 0:
-                head[f"drop{idx}"] = nn.Dropout(dropout)  # inverted dropout == the paper's x0.5 at test
+                head[f"drop{idx}"] = Dropout(dropout)  # inverted dropout == the paper's x0.5 at test
             width = hidden
         head[f"fc{6 + len(fc)}"] = Linear(width, num_classes)
         self.classifier = nn.Sequential(head)

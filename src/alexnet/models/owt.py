@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .init import init_weights
-from .layers import Conv2d, Linear, make_activation, make_pool
+from .layers import Conv2d, Dropout, Linear, make_activation, make_pool
 from .lrn import LocalResponseNorm
 from .registry import register_model
 
@@ -69,10 +69,10 @@ class AlexNetOWT(nn.Module):
         )
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         self.classifier = nn.Sequential(
-            nn.Dropout(p=dropout),  # 0
+            Dropout(p=dropout),  # 0
             Linear(256 * 6 * 6, 4096),  # 1: fc6
             make_activation(activation),  # 2
-            nn.Dropout(p=dropout),  # 3
+            Dropout(p=dropout),  # 3
             Linear(4096, 4096),  # 4: fc7
             make_activation(activation),  # 5
             Linear(4096, num_classes),  # 6: fc8
