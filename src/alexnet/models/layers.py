@@ -133,7 +133,7 @@ class Dropout(nn.Dropout):
 
     torch's CPU dropout spends ~4.5 ms on a (64, 4096) fc activation drawing 262,144 Bernoulli
     samples; 4,096 random words unpacked into the same number of fair bits take ~0.3 ms. Each
-    unit is still kept with probability exactly 1/2, independently, from torch's generator (so
+    unit is still kept with probability 1/2 (to within 2^-64), independently, from torch's generator (so
     torch.manual_seed still fixes the masks), and the kept units are scaled by 2 as before.
     """
 
@@ -152,7 +152,7 @@ _LINEAR_OP: Any = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.
 
 
 class _OneDNNLinear(torch.autograd.Function):
-    """y = x W^T + b with the forward and input gradient as oneDNN matmuls.
+    """y = x W^T + b with the forward and both gradients as oneDNN matmuls.
 
     torch's float32 CPU matmul is MKL's sgemm, which on the AMD machines we train on runs the
     fc layers' batch-64 GEMMs at ~100-120 GFLOP/s; oneDNN's matmul, which dispatches on the
