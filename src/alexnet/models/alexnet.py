@@ -32,13 +32,12 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from .init import init_weights
-from .layers import Conv2d, Dropout, Linear, make_activation, make_pool
+from .layers import IMAGE_LAYER_WEIGHT_GRAD_CHUNK, Conv2d, Dropout, Linear, make_activation, make_pool
 from .lrn import LocalResponseNorm
 from .registry import register_model
 
 CONV_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5")
 LRN_POSITIONS = ("before-pool", "after-pool")
-CONV1_WEIGHT_GRAD_CHUNK = 64
 
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -105,7 +104,7 @@ class AlexNet(nn.Module):
                     raise ConfigError(f"{name}: {channels}->{widths[i]} channels not divisible by groups={groups[i]}")
                 # The image layer of an ImageNet-size net takes its weight gradient in slices of
                 # 64 images (layers.Conv2d: oneDNN's fast kernel for it stops at ~100).
-                chunk = CONV1_WEIGHT_GRAD_CHUNK if i == 0 and input_size >= 128 else None
+                chunk = IMAGE_LAYER_WEIGHT_GRAD_CHUNK if i == 0 and input_size >= 128 else None
                 layers[name] = Conv2d(
                     channels, widths[i], kernels[i], strides[i], paddings[i], groups=groups[i], weight_grad_chunk=chunk
                 )

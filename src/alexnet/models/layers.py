@@ -84,6 +84,11 @@ class _ChunkedWeightGradConv(torch.autograd.Function):
         return gx, gw, gb, None, None
 
 
+# Slice size for the weight gradient of an ImageNet-size net's image layer (conv1): below oneDNN's
+# switch to its GEMM path at ~110 images (Conv2d).
+IMAGE_LAYER_WEIGHT_GRAD_CHUNK = 64
+
+
 class Conv2d(nn.Conv2d):
     """nn.Conv2d (same parameters and state dict); on the CPU, with `weight_grad_chunk` set, the
     weight gradient of a larger batch is summed over slices of that many images.

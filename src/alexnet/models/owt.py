@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .init import init_weights
-from .layers import Conv2d, Dropout, Linear, make_activation, make_pool
+from .layers import IMAGE_LAYER_WEIGHT_GRAD_CHUNK, Conv2d, Dropout, Linear, make_activation, make_pool
 from .lrn import LocalResponseNorm
 from .registry import register_model
 
@@ -53,7 +53,7 @@ class AlexNetOWT(nn.Module):
             return LocalResponseNorm(5, 1e-4, 0.75, 2.0, convention=lrn_convention) if lrn else None
 
         self.features = nn.Sequential(
-            Conv2d(in_chans, 64, kernel_size=11, stride=4, padding=2, weight_grad_chunk=64),  # 0: (N, 64, 55, 55)
+            Conv2d(in_chans, 64, kernel_size=11, stride=4, padding=2, weight_grad_chunk=IMAGE_LAYER_WEIGHT_GRAD_CHUNK),  # 0: (N, 64, 55, 55)
             ActNorm(activation, norm()),  # 1
             make_pool(pooling),  # 2: 27x27
             nn.Conv2d(64, 192, kernel_size=5, padding=2),  # 3: (N, 192, 27, 27)
