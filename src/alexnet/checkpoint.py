@@ -19,7 +19,6 @@ code runs.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError
+from .files import atomic_open
 from .models import empty_model
 
 FORMAT = "alexnet-checkpoint"
@@ -87,23 +87,10 @@ def default_preprocess(in_chans: int = 3, resize: int = 256, crop: int = 224) ->
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """torch.save to a temp file beside `path`, fsync, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    """torch.save to a temp file beside `path`, fsync, then rename over it (files.atomic_open)."""
+    with atomic_open(path) as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def make_checkpoint(

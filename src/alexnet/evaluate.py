@@ -147,7 +147,7 @@ def evaluate_checkpoint(
     """Evaluate a checkpoint on a prepared split with the preprocessing the checkpoint records."""
     from .checkpoint import Preprocess, load_checkpoint, model_from_checkpoint
     from .data.loader import Loader
-    from .train.loop import resolve_device
+    from .runtime import resolve_device
     from .transforms import eval_views
 
     ckpt = load_checkpoint(checkpoint)

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from .files import cache_dir, write_bytes_atomic
+
 _log = logging.getLogger(__name__)
 _module: Any = None  # the loaded extension, False once building or loading failed
 
@@ -40,18 +42,15 @@ def _build_dir(sources: dict[str, bytes]) -> tuple[str, Path]:
         digest.update(name.encode() + b"\0" + sources[name] + b"\0")
     digest.update(" ".join(CFLAGS).encode() + torch.__version__.encode())
     key = digest.hexdigest()[:16]
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "alexnet"
     user = os.getuid() if hasattr(os, "getuid") else "user"
-    for root in (base, Path(tempfile.gettempdir()) / f"alexnet-{user}"):
+    for root in (cache_dir(), Path(tempfile.gettempdir()) / f"alexnet-{user}"):
         folder = root / f"kernels-{key}"
         try:
             folder.mkdir(parents=True, exist_ok=True)
             for name, text in sources.items():
                 copy = folder / name
                 if not copy.is_file() or copy.read_bytes() != text:
-                    tmp = folder / f".{name}.{os.getpid()}"
-                    tmp.write_bytes(text)
-                    os.replace(tmp, copy)  # atomic: a concurrent process sees the old or the new file, never half
+                    write_bytes_atomic(copy, text)  # a concurrent process sees the old or the new file, never half
             return key, folder
         except OSError:
             continue

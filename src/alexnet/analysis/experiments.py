@@ -203,7 +203,7 @@ def run_experiment(
         summary.update({f"epochs_to_{t}": _summary([r["epochs_to"][str(t)] for r in runs]) for t in THRESHOLDS})
         results["arms"][arm] = {"overrides": list(arm_over), "runs": runs, "summary": summary}
     results["paired"] = _paired(results)
-    from ..bench.timing import environment
+    from ..runtime import environment
 
     results["env"] = environment("cpu" if "device=cuda" not in " ".join(overrides) else "cuda")
     results["seconds"] = round(time.perf_counter() - t_all, 1)

@@ -138,7 +138,7 @@ def extract_features(
     `views`: "center" (the checkpoint's centre crop) or "flip" (mean over it and its mirror).
     """
     from ..checkpoint import Preprocess, load_checkpoint, model_from_checkpoint
-    from ..train.loop import resolve_device
+    from ..runtime import resolve_device
     from ..transforms import eval_views
 
     if dtype not in DTYPES:

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..bench.timing import alternate, environment
+from ..bench.timing import alternate
+from ..runtime import environment
 from .features import FeatureSet
 from .hashing import METHODS, BinaryHasher, hamming_search, train_hasher
 from .retrieval import exact_search, recall_at_k

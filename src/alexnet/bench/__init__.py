@@ -2,7 +2,7 @@
 
 Every benchmark warms up, times several repeats alternating with its baseline in the same
 process, and reports medians, spread, the resolved settings and the environment
-(timing.environment()). Results are recorded in docs/benchmarks.md with command, machine, date.
+(runtime.environment()). Results are recorded in docs/benchmarks.md with command, machine, date.
 """
 
 KINDS = ("lrn", "train", "infer", "loader", "step")

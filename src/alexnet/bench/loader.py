@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..runtime import tune_allocator
 from ..data.augment import TrainTransform
 from ..data.decode import decode_image
 from ..data.loader import Loader
 from ..data.prepare import PrepareOptions, prepare
 from ..data.store import open_store
-from .timing import alternate, environment
+from ..runtime import environment, tune_allocator
+from .timing import alternate
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

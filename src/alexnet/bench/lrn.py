@@ -8,7 +8,8 @@ from typing import Any
 import torch
 
 from ..models.lrn import LocalResponseNorm, backend_for
-from .timing import alternate, environment
+from ..runtime import environment
+from .timing import alternate
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

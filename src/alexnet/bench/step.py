@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 
-from .timing import environment
+from ..runtime import environment
 
 PHASES = ("load", "augment", "forward", "backward", "optimizer")
 

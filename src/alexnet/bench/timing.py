@@ -1,18 +1,11 @@
-"""Shared timing helpers: alternating measurements with warm-up, medians and spread, environment capture."""
+"""Shared timing helpers: alternating measurements with warm-up, medians and spread."""
 
 from __future__ import annotations
 
-import datetime as _dt
-import os
-import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-
-import torch
 
 
 def time_call(fn: Callable[[], Any], sync: Callable[[], None] | None = None) -> float:
@@ -55,34 +48,3 @@ def summarize_times(ts: list[float]) -> dict[str, float]:
         "iqr_s": q[2] - q[0],
         "repeats": len(ts),
     }
-
-
-def git_commit() -> str | None:
-    try:
-        root = Path(__file__).resolve().parents[3]
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
-    """What a result needs beside it: versions, device, threads, commit, date."""
-    device = torch.device(device)
-    env: dict[str, Any] = {
-        "date": _dt.datetime.now().isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-        "git_commit": git_commit(),
-    }
-    if device.type == "cuda":
-        env["device_name"] = torch.cuda.get_device_name(device)
-        env["cuda"] = torch.version.cuda
-    return env

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..runtime import environment
 from .harness import run_alternating
-from .timing import environment
 
 # fp32 peak of this 2-core AVX-512 machine on conv layers, measured with large GEMM-like
 # convolutions (DESIGN/issue notes): ~247 GFLOP/s. A training step is ~3x the forward's

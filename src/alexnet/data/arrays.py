@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..files import cache_dir, load_array_pickle
 from .sources import Source, Split
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -101,13 +102,9 @@ def fashion_mnist(path: str | None, *, download_dir: str | None = None, base_url
         return idx_folder(Path(path), require_fashion=True)
     if find_idx(DEBIAN_FASHION_MNIST) is not None:
         return idx_folder(DEBIAN_FASHION_MNIST, require_fashion=True)
-    target = Path(download_dir) if download_dir else default_download_dir() / "fashion-mnist"
+    target = Path(download_dir) if download_dir else cache_dir("fashion-mnist")
     download_fashion_mnist(target, base_url)
     return idx_folder(target, require_fashion=True)
-
-
-def default_download_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "alexnet"
 
 
 def download_fashion_mnist(target: Path, base_url: str = FASHION_MNIST_URL) -> None:
@@ -137,18 +134,6 @@ def download_fashion_mnist(target: Path, base_url: str = FASHION_MNIST_URL) -> N
 # ---------------------------------------------------------------- CIFAR-10
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """CIFAR batches are pickles; allow only what numpy arrays need, so a hostile file cannot run code."""
-
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # fmt: skip
-
-    def find_class(self, module: str, name: str):  # type: ignore[no-untyped-def]
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR batch")
-
-
 def find_cifar(path: Path) -> Path | None:
     for cand in (path, path / "cifar-10-batches-py"):
         if (cand / "data_batch_1").is_file() and (cand / "test_batch").is_file():
@@ -159,7 +144,7 @@ def find_cifar(path: Path) -> Path | None:
 def _load_batch(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            return _ArrayUnpickler(f, encoding="bytes").load()
+            return load_array_pickle(f, encoding="bytes")  # CIFAR batches are pickles: no code may run
     except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
         raise DataError(f"cannot read CIFAR batch {path}: {exc}") from None
 

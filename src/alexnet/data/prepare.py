@@ -24,14 +24,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ..progress import progress_bar
 
 from ..errors import DataError
+from ..files import (
+    save_npy_atomic,
+    save_npz_atomic,
+    sha256_file,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+from ..progress import progress_bar
 from .decode import MIN_SIDE, BadImage, decode_image, resize_center_crop
 from .sources import Source, Split, resolve_source
 from .stats import StatsAccumulator
-from .store import (DATASET, FORMAT, MANIFEST, SHARD_BYTES, VERSION, save_npy_atomic, save_npz_atomic,
-                    sha256_file, shard_name, write_bytes_atomic, write_json_atomic)  # fmt: skip
+from .store import DATASET, FORMAT, MANIFEST, SHARD_BYTES, VERSION, shard_name
 
 WORK = ".prepare"  # in-progress state; removed when the dataset is complete
 SAVE_EVERY_S = 5.0

@@ -14,16 +14,15 @@ the page cache, with no decoding (`alexnet bench loader` measures it against dec
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import DataError
+from ..files import sha256_file
 from .stats import Stats
 
 FORMAT = "alexnet-store"
@@ -180,42 +179,3 @@ def open_dataset(path: str | os.PathLike[str]) -> dict[str, Store]:
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read {marker}: {exc}") from None
     return {name: Store(root / name) for name in meta["splits"]}
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=1) + "\n").encode())
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def save_npy_atomic(path: Path, arr: np.ndarray) -> None:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    write_bytes_atomic(path, buf.getvalue())
-
-
-def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    write_bytes_atomic(path, buf.getvalue())

@@ -47,6 +47,7 @@ from torch import Tensor
 
 from ..checkpoint import Preprocess
 from ..errors import CheckpointError
+from ..files import load_array_pickle
 
 # Caffe ilsvrc_2012_mean.npy averaged over pixels, BGR (Caffe's classification example).
 CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
@@ -67,41 +68,6 @@ POOL5 = (256, 6, 6)  # (C, H, W) of the maps fc6 reads
 
 
 # --------------------------------------------------------------------------- safe .npy reading
-def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
-    if subtype is not np.ndarray:
-        raise pickle.UnpicklingError(f"refusing to reconstruct {subtype!r}: only numpy.ndarray is allowed")
-    return np.ndarray.__new__(np.ndarray, shape, dtype)
-
-
-def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
-    # Protocol-2 pickles written by Python 3 spell bytes as _codecs.encode(str, "latin1").
-    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
-        raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r}")
-    return text.encode("latin1")
-
-
-_SAFE_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,  # numpy 1.x and Python 2 pickles
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,  # numpy 2.x
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): _latin1_encode,
-}
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Resolves only the globals NumPy needs to rebuild arrays; anything else is refused."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _SAFE_GLOBALS[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}") from None
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("refusing persistent ids")
-
-
 def load_npy_object(path: str | os.PathLike[str]) -> Any:
     """The object a pickled .npy holds, unpickled without running code (arrays, dicts, lists only).
 
@@ -127,7 +93,7 @@ def load_npy_object(path: str | os.PathLike[str]) -> Any:
             return np.load(f, allow_pickle=False)
         try:
             # latin1: Python 2 pickles store array bytes as str, which numpy turns back into bytes.
-            obj = _ArrayUnpickler(f, encoding="latin1").load()
+            obj = load_array_pickle(f, encoding="latin1")
         except pickle.UnpicklingError as exc:
             raise CheckpointError(f"{path}: unsafe or corrupt pickle, not loaded ({exc})") from None
         except Exception as exc:  # truncated data, bad opcodes, shape/data mismatch

@@ -6,13 +6,13 @@ URLs; the download path is exercised in the tests with file:// URLs (urllib serv
 
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CheckpointError
+from ..files import cache_dir, sha256_file
 
 
 @dataclass(frozen=True)
@@ -39,22 +39,6 @@ KNOWN_WEIGHTS: dict[str, KnownWeights] = {
         ),
     )
 }  # fmt: skip
-
-
-def cache_dir() -> Path:
-    """$ALEXNET_CACHE, else $XDG_CACHE_HOME/alexnet, else ~/.cache/alexnet."""
-    if os.environ.get("ALEXNET_CACHE"):
-        return Path(os.environ["ALEXNET_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "alexnet"
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def is_url(source: str) -> bool:

@@ -17,10 +17,11 @@ from torch import nn
 
 from ..checkpoint import Preprocess, save_checkpoint
 from ..errors import CheckpointError, ConfigError
+from ..files import sha256_file
+from ..models import empty_model
 from .caffe import BVLC_MODEL_OPTIONS, BVLC_PREPROCESS, load_bvlc_npy
 from .classes import class_names_for
-from .download import KNOWN_WEIGHTS, fetch, is_url, sha256_file
-from ..models import empty_model
+from .download import KNOWN_WEIGHTS, fetch, is_url
 from .torchvision import TORCHVISION_PREPROCESS, owt_from_state_dict, read_torch_weights
 
 FORMATS = ("torchvision", "caffe-npy")

@@ -19,13 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import Preprocess, load_checkpoint, make_checkpoint, atomic_save
+from ..checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from ..config import TrainConfig, config_from_dict
 from ..data import Store, open_dataset
 from ..data.loader import Loader, balanced_subset
 from ..errors import AlexNetError, CheckpointError, ConfigError
 from ..evaluate import EvalResult, evaluate_batches
 from ..models import create_model, model_entry
+from ..runtime import resolve_device
 from ..transforms import eval_views, preprocess_for, train_transform
 from . import distributed
 from .optim import Schedule, make_optimizer, set_lr
@@ -43,18 +44,6 @@ class TrainState:
     step: int = 0  # optimizer steps taken in all
     best_error: float = math.inf
     best_epoch: int = -1
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda asked for but no CUDA device is available")
-    return device
 
 
 def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:

@@ -21,8 +21,9 @@ from typing import Any
 
 import yaml
 
-from ..bench.timing import environment
 from ..errors import AlexNetError
+from ..files import write_text_atomic
+from ..runtime import environment
 
 
 class RunDir:
@@ -106,9 +107,7 @@ class RunDir:
             return
         keep = [line for line in self.metrics_path.read_text().splitlines() if line.strip()
                 and json.loads(line).get("step", 0) <= step]  # fmt: skip
-        tmp = self.metrics_path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, self.metrics_path)
+        write_text_atomic(self.metrics_path, "".join(line + "\n" for line in keep))
 
     def metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.is_file():
