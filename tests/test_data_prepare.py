@@ -184,16 +184,13 @@ def test_imagenet_synsets_names_and_missing_devkit(tmp_path):
     fake_imagenet(tmp_path / "in")
     syn = tmp_path / "LOC_synset_mapping.txt"
     syn.write_text("n01440764 tench, Tinca tinca\nn01443537 goldfish\nn01484850 great white shark\n")
-    from alexnet.data.sources import resolve_source
+    from alexnet.data import resolve_source
 
     assert resolve_source(str(tmp_path / "in"), synsets=str(syn)).class_names == ["tench", "goldfish", "great white shark"]
     (tmp_path / "in" / "ILSVRC2012_devkit_t12" / "data" / "meta.txt").unlink()
     (tmp_path / "in" / "ILSVRC2012_devkit_t12" / "data" / "meta.mat").write_bytes(b"MATLAB")
-    try:
-        import scipy  # noqa: F401
-    except ImportError:
-        with pytest.raises(DataError, match="scipy"):
-            resolve_source(str(tmp_path / "in"))
+    with pytest.raises(DataError, match="cannot read .*meta.mat"):
+        resolve_source(str(tmp_path / "in"))
 
 
 def test_clear_errors_for_bad_sources(tmp_path):
@@ -265,7 +262,7 @@ def test_killed_prepare_never_looks_complete_and_rerun_finishes(tmp_path):
         prepare(str(tmp_path / "src"), out, PrepareOptions(size=8, workers=1, chunk=4, progress=False))
 
 
-def test_idx_folder_and_fashion_mnist_content_check(tmp_path):
+def test_idx_folder_and_fashion_mnist_content_check(tmp_path, serve_folder):
     import gzip
 
     d = tmp_path / "idx"
@@ -285,21 +282,27 @@ def test_idx_folder_and_fashion_mnist_content_check(tmp_path):
     from alexnet.data.arrays import download_fashion_mnist
 
     with pytest.raises(DataError, match="wrong content"):
-        download_fashion_mnist(tmp_path / "dl", base_url=d.as_uri())  # right names, wrong bytes
-    with pytest.raises(DataError, match="cannot download"):
-        download_fashion_mnist(tmp_path / "dl2", base_url=(tmp_path / "nothing").as_uri())
+        download_fashion_mnist(tmp_path / "dl", base_url=serve_folder(d))  # right names, wrong bytes
+    assert not (tmp_path / "dl" / "train-images-idx3-ubyte.gz").exists()  # not kept
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(DataError, match="cannot download .*404.*dataset-fashion-mnist"):
+        download_fashion_mnist(tmp_path / "dl2", base_url=serve_folder(tmp_path / "nothing"))
 
 
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 
 @pytest.mark.skipif(not DEBIAN.is_dir(), reason="apt-get install dataset-fashion-mnist")
-def test_fashion_mnist_download_path_checks_content(tmp_path):
+def test_fashion_mnist_download_path_checks_content(tmp_path, serve_folder):
     from alexnet.data.arrays import download_fashion_mnist, idx_folder
 
-    download_fashion_mnist(tmp_path / "fm", base_url=DEBIAN.as_uri())  # the real download code, local URL
+    url = serve_folder(DEBIAN)
+    download_fashion_mnist(tmp_path / "fm", base_url=url)  # the real download code, a loopback server
     src = idx_folder(tmp_path / "fm", require_fashion=True)
     assert src.kind == "fashion-mnist" and len(src.splits["train"]) == 60000 and src.class_names[9] == "Ankle boot"
+    asked = len(serve_folder.requests)
+    download_fashion_mnist(tmp_path / "fm", base_url=url)  # present with the right content: nothing fetched
+    assert len(serve_folder.requests) == asked == 4
 
 
 def test_cli_prepare_json_and_one_line_errors(tmp_path, capsys):
@@ -309,3 +312,63 @@ def test_cli_prepare_json_and_one_line_errors(tmp_path, capsys):
     assert main(["prepare", str(tmp_path / "nope"), str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "does not exist" in err
+
+
+# ---------------------------------------------------------------- the store size when --size is not given
+
+
+def test_small_images_keep_their_native_size(tmp_path, capsys):
+    for i in range(6):
+        jpeg(tmp_path / "tree" / "train" / f"c{i % 2}" / f"{i}.jpg", w=20, h=20, seed=i)
+        jpeg(tmp_path / "tree" / "test" / f"c{i % 2}" / f"{i}.jpg", w=28, h=20, seed=10 + i)  # short side 20 too
+    r = prepare(str(tmp_path / "tree"), tmp_path / "o", PrepareOptions(workers=1, progress=False))
+    assert (r["size"], r["size_from"]) == (20, "native") and "20 px" in r["size_detail"]
+    ds = open_dataset(tmp_path / "o")
+    src = np.asarray(Image.open(tmp_path / "tree" / "train" / "c0" / "0.jpg"))
+    assert ds["train"].images.shape == (6, 20, 20, 3) and np.array_equal(ds["train"].images[0], src)  # untouched pixels
+    assert main(["prepare", str(tmp_path / "tree"), str(tmp_path / "o"), "--workers", "1", "--no-progress"]) == 0
+    assert "20x20x3 (native size: every image's short side is 20 px; --size to change)" in capsys.readouterr().out
+    r = prepare(str(tmp_path / "tree"), tmp_path / "up", PrepareOptions(size=40, workers=1, progress=False))
+    assert (r["size"], r["size_from"]) == (40, "--size")  # an explicit upscale still works
+    assert open_dataset(tmp_path / "up")["test"].images.shape == (6, 40, 40, 3)
+
+
+def test_differing_small_sizes_ask_for_size_and_large_images_get_256(tmp_path):
+    jpeg(tmp_path / "mixed" / "a" / "0.jpg", w=24, h=24)
+    jpeg(tmp_path / "mixed" / "a" / "1.jpg", w=48, h=40)
+    jpeg(tmp_path / "mixed" / "b" / "2.jpg", w=24, h=30)
+    with pytest.raises(DataError, match=r"short sides differ \(24..40 px.*--size 40 keeps the largest.*--size 24"):
+        prepare(str(tmp_path / "mixed"), tmp_path / "o", PrepareOptions(workers=1, progress=False))
+    assert prepare(str(tmp_path / "mixed"), tmp_path / "o", PrepareOptions(size=24, workers=1, progress=False))["size"] == 24
+    Image.new("RGB", (4, 4)).save(tmp_path / "mixed" / "b" / "tiny.png")  # below --min-side: skipped, not counted
+    (tmp_path / "mixed" / "b" / "junk.jpg").write_bytes(b"not an image")  # unreadable: decoding reports it
+    jpeg(tmp_path / "mixed" / "a" / "1.jpg", w=24, h=24)
+    assert prepare(str(tmp_path / "mixed"), tmp_path / "o2", PrepareOptions(workers=1, progress=False))["size"] == 24
+    jpeg(tmp_path / "big" / "a" / "0.jpg", w=300, h=260)
+    jpeg(tmp_path / "big" / "a" / "1.jpg", w=24, h=24)
+    r = prepare(str(tmp_path / "big"), tmp_path / "o3", PrepareOptions(workers=1, progress=False))
+    assert (r["size"], r["size_from"]) == (256, "default")  # an image reaches 256: the paper's rescaling
+
+
+def test_size_probe_reads_few_headers_on_large_image_trees(tmp_path, monkeypatch):
+    from alexnet.data import sizing
+    from alexnet.data.sources import Source, Split
+
+    big = str(jpeg(tmp_path / "big.jpg", w=320, h=300))
+    small = str(jpeg(tmp_path / "small.jpg", w=32, h=32))
+    reads = []
+    real = sizing.image_size
+    monkeypatch.setattr(sizing, "image_size", lambda p: reads.append(p) or real(p))
+
+    def source(paths):
+        return Source("folder", "t", ["a"], ["a"], {"train": Split("train", np.zeros(len(paths), np.int64), paths=paths)})
+
+    n = 1_000_000  # an ImageNet-sized listing: the first sampled header decides
+    assert sizing.choose_size(source([big] * n), None).size == 256 and len(reads) == 1
+    reads.clear()
+    assert sizing.choose_size(source([small] * 999 + [big] + [small] * 2000), None).size == 256
+    assert len(reads) < 3000  # the sample missed the big one, the full scan found it
+    reads.clear()
+    assert sizing.choose_size(source([small] * 3000), None) == sizing.SizeChoice(32, "native", "every image's short side is 32 px")
+    assert len(reads) == sizing.SAMPLE + 3000  # every header, once the sample is all small
+

@@ -10,7 +10,8 @@ from ..data.prepare import PrepareOptions, prepare
 
 SOURCE_HELP = (
     "a folder (ImageNet train/<wnid>/ + val/, a class-per-folder tree, idx files, cifar-10-batches-py), "
-    "fashion-mnist[:PATH], cifar10:PATH, or synthetic[:classes=10,per_class=50,size=32,channels=3,seed=0]"
+    "fashion-mnist[:PATH], cifar10[:PATH] (cifar-10-python.tar.gz or its folder; without PATH: downloaded, "
+    "md5 checked), or synthetic[:classes=10,per_class=50,size=32,channels=3,seed=0]"
 )
 
 
@@ -19,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("source", metavar="SOURCE", help=SOURCE_HELP)
     p.add_argument("out", metavar="OUT", help="output folder: OUT/<split>/ for each split, OUT/dataset.json last")
     p.add_argument("--size", type=int, default=None,
-                   help="short side to SIZE, then the central SIZE x SIZE crop (default 256; native for idx/CIFAR/synthetic)")  # fmt: skip
+                   help="short side to SIZE, then the central SIZE x SIZE crop (default 256; the images' own size "
+                        "when every image is smaller and all share one short side; native for idx/CIFAR/synthetic)")  # fmt: skip
     p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="1 (gray) or 3 (RGB); default: RGB, or native")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes (default: all cores)")
     p.add_argument("--val-fraction", type=float, default=0.0,
@@ -27,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the --val-fraction draw")
     p.add_argument("--devkit", default=None, help="ImageNet devkit folder (holds data/ with the val ground truth, meta.mat or meta.txt)")
     p.add_argument("--synsets", default=None, help="class names from a 'wnid name, synonyms' file (LOC_synset_mapping.txt)")
-    p.add_argument("--download-dir", default=None, help="where fashion-mnist is downloaded when not installed")
+    p.add_argument("--download-dir", default=None, help="where fashion-mnist and cifar10 are downloaded (default: the alexnet cache folder)")
     p.add_argument("--min-side", type=int, default=PrepareOptions.min_side, help="skip images whose short side is smaller")
     p.add_argument("--overwrite", action="store_true", help="replace a different, complete prepared dataset in OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -49,6 +51,16 @@ def run(args: argparse.Namespace) -> int:
     for name, s in result["splits"].items():
         speed = f", {s['images_per_s']:.0f} images/s" if s.get("images_per_s") else ""
         print(f"{name}: {s['count']} images, {s['skipped']} skipped{speed} -> {s['path']}")
-    print(f"{result['out']}: {result['kind']} {result['size']}x{result['size']}x{result['channels']}, "
+    print(f"{result['out']}: {result['kind']} {result['size']}x{result['size']}x{result['channels']}{size_note(result)}, "
           f"{result['num_classes']} classes, {result['skipped']} files skipped (see {result['report']}); {state}")  # fmt: skip
     return 0
+
+
+def size_note(result: dict) -> str:
+    """Why the store has its size, when --size did not say: native (and why) or the paper's default."""
+    reason, detail = result.get("size_from"), result.get("size_detail")
+    if reason == "native":
+        return f" (native size: {detail}; --size to change)" if detail else " (native size)"
+    if reason == "default":
+        return " (default size: short side to 256)"
+    return ""

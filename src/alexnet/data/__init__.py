@@ -1,11 +1,16 @@
 """Data: sources -> prepare (decode once) -> packed store -> loader (uint8 batches) -> augment (batch tensor ops).
 
+Imports point one way: sources.py (Source, Split, file listing) <- the readers (arrays.py,
+cifar.py, imagenet.py; download.py fetches for them) <- resolve.py <- prepare.py (with
+sizing.py, decode.py, stats.py, store.py).
+
     from alexnet.data import open_dataset, open_store
     from alexnet.data.prepare import prepare, PrepareOptions   # what `alexnet prepare` runs
     stores = open_dataset("data/fashion-mnist")        # {"train": Store, "test": Store}
 """
 
-from .sources import Source, resolve_source
+from .resolve import resolve_source
+from .sources import Source
 from .stats import Stats
 from .store import Store, open_dataset, open_store
 

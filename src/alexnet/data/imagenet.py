@@ -6,9 +6,10 @@
 
 The devkit (ILSVRC2012_devkit_t12) is looked for in --devkit, then inside the source folder.
 Its `data/ILSVRC2012_validation_ground_truth.txt` holds one ILSVRC2012_ID per line in sorted
-val filename order; `data/meta.mat` maps ILSVRC2012_ID -> wnid and words (read with scipy
-when installed). A plain text map, `data/meta.txt` with lines "ILSVRC2012_ID wnid [words]",
-works without scipy. Human-readable names come from meta.mat/meta.txt words or from a
+val filename order; `data/meta.mat` (MATLAB, read with scipy) maps ILSVRC2012_ID -> wnid and
+words. Those IDs are not in sorted-wnid order (ID 1 is n02119789, kit fox); class indices here
+are. A plain text map, `data/meta.txt` with lines "ILSVRC2012_ID wnid [words]", is read
+instead when present. Human-readable names come from meta.mat/meta.txt words or from a
 LOC_synset_mapping.txt-style file ("n01440764 tench, Tinca tinca").
 """
 
@@ -78,7 +79,7 @@ def find_devkit(root: Path, devkit: str | None) -> Path | None:
 
 
 def read_meta(kit: Path) -> tuple[dict[int, str], dict[str, str]] | None:
-    """ILSVRC2012_ID -> wnid and wnid -> words, from data/meta.txt or data/meta.mat (scipy)."""
+    """ILSVRC2012_ID -> wnid and wnid -> words, from data/meta.txt or data/meta.mat."""
     txt, mat = kit / "data" / "meta.txt", kit / "data" / "meta.mat"
     if txt.is_file():
         ids, words = {}, {}
@@ -92,21 +93,28 @@ def read_meta(kit: Path) -> tuple[dict[int, str], dict[str, str]] | None:
             words[parts[1]] = parts[2].strip() if len(parts) > 2 else parts[1]
         return ids, words
     if mat.is_file():
-        try:
-            import scipy.io
-        except ImportError:
-            raise DataError(
-                f"reading {mat} needs scipy (pip install scipy); or put a text map {txt} "
-                "with lines 'ILSVRC2012_ID wnid words'"
-            ) from None
+        return read_meta_mat(mat)
+    return None
+
+
+def read_meta_mat(mat: Path) -> tuple[dict[int, str], dict[str, str]]:
+    """The devkit's meta.mat: a `synsets` struct array (ILSVRC2012_ID, WNID, words, gloss, num_children,
+    children, wordnet_height, num_train_images); the leaves (num_children 0) are the 1000 classes."""
+    # Imported here for start-up time: scipy.io takes ~0.3 s to import and only this file format needs it.
+    import scipy.io
+
+    try:
         synsets = scipy.io.loadmat(str(mat), squeeze_me=True)["synsets"]
         ids, words = {}, {}
-        for s in synsets:
-            if int(s["num_children"]) == 0:  # the 1000 leaf classes
+        for s in np.atleast_1d(synsets):  # squeeze_me leaves a 0-d record for a single synset
+            if int(s["num_children"]) == 0:
                 ids[int(s["ILSVRC2012_ID"])] = str(s["WNID"])
                 words[str(s["WNID"])] = str(s["words"])
-        return ids, words
-    return None
+    except (scipy.io.matlab.MatReadError, OSError, ValueError, TypeError, KeyError, IndexError, NotImplementedError) as exc:
+        raise DataError(f"cannot read {mat} as the devkit's meta.mat (a 'synsets' struct array): {exc!r}") from None
+    if not ids:
+        raise DataError(f"{mat}: no leaf synsets (num_children == 0)")
+    return ids, words
 
 
 def flat_val(val: Path, wnids: list[str], kit: Path | None, meta: tuple | None) -> Split:
@@ -118,7 +126,10 @@ def flat_val(val: Path, wnids: list[str], kit: Path | None, meta: tuple | None) 
         raise DataError(f"{val} is flat: need the devkit's data/{GROUND_TRUTH} (give --devkit PATH)")
     if meta is None:
         raise DataError(f"{val} is flat: need the devkit's data/meta.mat or data/meta.txt to map ids to wnids")
-    ids = [int(t) for t in gt.read_text().split()]
+    tokens = gt.read_text().split()
+    if not all(t.isdigit() for t in tokens):
+        raise DataError(f"{gt}: expected one ILSVRC2012_ID (an integer) per line")
+    ids = [int(t) for t in tokens]
     if len(ids) != len(files):
         raise DataError(f"{gt} has {len(ids)} labels but {val} has {len(files)} images")
     index = {w: i for i, w in enumerate(wnids)}

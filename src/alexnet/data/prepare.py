@@ -35,7 +35,9 @@ from ..files import (
 )
 from ..progress import progress_bar
 from .decode import MIN_SIDE, BadImage, decode_image, resize_center_crop
-from .sources import Source, Split, resolve_source
+from .resolve import resolve_source
+from .sizing import SizeChoice, choose_size
+from .sources import Source, Split
 from .stats import StatsAccumulator
 from .store import DATASET, FORMAT, MANIFEST, SHARD_BYTES, VERSION, shard_name
 
@@ -45,7 +47,8 @@ SAVE_EVERY_S = 5.0
 
 @dataclass(frozen=True)
 class PrepareOptions:
-    """size/channels None: 256 and RGB for image files, the native size and channels for array sources."""
+    """size None: the images' own size where every one is smaller than 256 and all are alike, else 256
+    (sizing.py); the native size for array sources. channels None: RGB for image files, native for arrays."""
 
     size: int | None = None
     channels: int | None = None
@@ -74,14 +77,14 @@ def prepare(source_spec: str, out: str | os.PathLike[str], options: PrepareOptio
     """Prepare every split of `source_spec` under `out`; returns the summary (also in OUT/dataset.json)."""
     opts = options or PrepareOptions()
     source = resolve_source(source_spec, val_fraction=opts.val_fraction, seed=opts.seed, devkit=opts.devkit,
-                            synsets=opts.synsets, download_dir=opts.download_dir)  # fmt: skip
-    size = opts.size or source.native_size or 256
+                            synsets=opts.synsets, download_dir=opts.download_dir, progress=opts.progress)  # fmt: skip
+    sizing = choose_size(source, opts.size, min_side=opts.min_side, workers=opts.workers, progress=opts.progress)
     channels = opts.channels or source.channels or 3
     root = Path(out)
-    plan = make_plan(source, size, channels, opts)
+    plan = make_plan(source, sizing.size, channels, opts)
     lock = _lock_output(root)
     try:
-        return _prepare_locked(source, root, size, channels, opts, plan)
+        return _prepare_locked(source, root, sizing, channels, opts, plan)
     finally:
         os.close(lock)
 
@@ -102,8 +105,9 @@ def _lock_output(root: Path) -> int:
     return fd
 
 
-def _prepare_locked(source: Source, root: Path, size: int, channels: int, opts: PrepareOptions,
+def _prepare_locked(source: Source, root: Path, sizing: SizeChoice, channels: int, opts: PrepareOptions,
                     plan: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    size = sizing.size
     done = _claim_output(root, plan, opts.overwrite)
     if done is not None:
         done["already_complete"] = True
@@ -118,7 +122,8 @@ def _prepare_locked(source: Source, root: Path, size: int, channels: int, opts: 
     write_bytes_atomic(root / "report.tsv", ("\n".join(report) + "\n").encode())
     result = {
         "format": FORMAT, "version": VERSION, "out": str(root), "source": source.spec, "kind": source.kind,
-        "size": size, "channels": channels, "num_classes": source.num_classes, "splits": summaries,
+        "size": size, "size_from": sizing.reason, "size_detail": sizing.detail, "channels": channels,
+        "num_classes": source.num_classes, "splits": summaries,
         "skipped": sum(s["skipped"] for s in summaries.values()), "report": str(root / "report.tsv"),
         "seconds": round(time.perf_counter() - t0, 3), "plan": plan["digest"],
     }  # fmt: skip

@@ -1,12 +1,8 @@
-"""Where images come from: one `Source` (classes + splits of files or arrays) for every kind of dataset.
+"""What every reader produces: a `Source` (classes + splits of files or arrays), and the file listing they share.
 
-`resolve_source(spec)` accepts
-  a path            auto-detected: ImageNet layout (train/<wnid>/...), a cifar-10-batches-py
-                    folder, a folder of idx files (Fashion-MNIST, MNIST), or a class-per-folder tree;
-  fashion-mnist[:PATH]   Debian's /usr/share/datasets/fashion-mnist, PATH, or the upstream download;
-  cifar10:PATH      CIFAR-10 python batches;
-  synthetic[:k=v,...]    generated images with class-dependent structure (see arrays.synthetic).
-Class index = sorted class-id order (folder names / wnids), the torchvision/timm convention.
+The bottom of alexnet.data: the readers (folders here, arrays.py, cifar.py, imagenet.py) import
+it, resolve.py imports them, and nothing here imports any of them. Class index = sorted
+class-id order (folder names / wnids), the torchvision/timm convention.
 """
 
 from __future__ import annotations
@@ -60,44 +56,6 @@ class Source:
     @property
     def num_classes(self) -> int:
         return len(self.class_ids)
-
-
-def resolve_source(spec: str, *, val_fraction: float = 0.0, seed: int = 0, devkit: str | None = None,
-                   synsets: str | None = None, download_dir: str | None = None) -> Source:  # fmt: skip
-    """Parse a SOURCE argument into a Source; a missing or empty source is a DataError."""
-    from . import arrays, imagenet
-
-    kind, _, arg = spec.partition(":")
-    if kind == "synthetic":
-        source = arrays.synthetic(arg, spec)
-    elif kind == "fashion-mnist":
-        source = arrays.fashion_mnist(arg or None, download_dir=download_dir)
-    elif kind == "cifar10":
-        if not arg:
-            raise DataError("cifar10 needs a path: cifar10:PATH/cifar-10-batches-py")
-        source = arrays.cifar10(Path(arg))
-    else:
-        path = Path(spec)
-        if not path.exists():
-            raise DataError(f"source {spec} does not exist")
-        if not path.is_dir():
-            raise DataError(f"source {spec} is not a folder")
-        if arrays.find_idx(path) is not None:
-            source = arrays.idx_folder(path)
-        elif arrays.find_cifar(path) is not None:
-            source = arrays.cifar10(path)
-        elif imagenet.looks_like_imagenet(path):
-            source = imagenet.imagenet(path, devkit=devkit, synsets=synsets)
-        else:
-            source = class_tree(path)
-    if synsets and source.kind != "imagenet":
-        source.class_names = imagenet.names_from_synsets(Path(synsets), source.class_ids)
-    if val_fraction:
-        hold_out(source, val_fraction, seed)
-    for split in source.splits.values():
-        if len(split) == 0:
-            raise DataError(f"source {spec}: split {split.name!r} has no images")
-    return source
 
 
 def list_images(folder: Path) -> list[str]:

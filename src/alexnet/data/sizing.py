@@ -1,0 +1,138 @@
+"""The store's image size when --size is not given, from image headers (no decoding).
+
+The paper's 256 (PAPER.md section 2) is the default for image files, except where every image
+is smaller: a tree of 32 px CIFAR-10 JPEGs kept at 256 would be 64x the pixels, all of them
+interpolated (an 11 GB store from 55 MB of JPEGs). The rule:
+
+  * some image's short side is >= 256      -> 256, the paper's rescaling (ImageNet);
+  * every short side is the same S < 256   -> S: the images' own size, nothing resized
+                                              (non-square ones are center-cropped to S x S);
+  * short sides differ and all are < 256   -> a DataError asking for --size: any one size
+                                              upscales some images or discards the resolution
+                                              of others, and which is right depends on the model.
+
+Cost. Headers are read in a sample first, evenly spread over the files, and the scan stops at
+the first image that reaches 256: on ImageNet that is the first or second file. Only when the
+whole sample is smaller are all headers read (in threads), and such trees hold small files.
+A JPEG header is read with simplejpeg from the file's first bytes (~10 us warm), anything
+else with Pillow's lazy open (reads the header only).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from PIL import Image
+
+from ..errors import DataError
+from ..progress import progress_bar
+from .sources import Source
+
+try:
+    import simplejpeg
+except ImportError:  # optional (extra "fast"): Pillow reads the header instead
+    simplejpeg = None
+
+DEFAULT_SIZE = 256  # PAPER.md section 2: short side rescaled to 256, central 256 x 256 crop
+SAMPLE = 256  # headers read before deciding whether the whole tree must be looked at
+HEADER_BYTES = 65536  # a JPEG's SOF marker sits within the first 64 KiB unless EXIF/ICC data are larger
+BATCH = 1024  # paths per thread task in the full scan
+
+
+@dataclass(frozen=True)
+class SizeChoice:
+    """The store's side and why: "--size", "native" (the source's own size) or "default" (256)."""
+
+    size: int
+    reason: str
+    detail: str = ""
+
+
+def choose_size(source: Source, size: int | None, *, min_side: int = 1, workers: int = 1,
+                progress: bool = False) -> SizeChoice:  # fmt: skip
+    """The side to store `source`'s images at (see the module docstring); `size` is --size or None.
+
+    Images with a short side below `min_side` are left out: decoding skips them anyway.
+    """
+    if size is not None:
+        return SizeChoice(size, "--size")
+    if source.native_size is not None:  # arrays: one size for all, known without reading anything
+        return SizeChoice(source.native_size, "native", f"{source.kind} images are {source.native_size} px")
+    paths = [p for split in source.splits.values() for p in (split.paths or [])]
+    if not paths:
+        return SizeChoice(DEFAULT_SIZE, "default")
+    with warnings.catch_warnings():
+        # a header beyond Pillow's bomb limit only warns on a lazy open; decoding refuses the file
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return _choose_from_headers(source.spec, paths, min_side, workers, progress)
+
+
+def _choose_from_headers(spec: str, paths: list[str], min_side: int, workers: int, progress: bool) -> SizeChoice:
+    step = max(1, len(paths) // SAMPLE)
+    for p in paths[::step][:SAMPLE]:
+        wh = image_size(p)
+        if wh is not None and min(wh) >= DEFAULT_SIZE:
+            return SizeChoice(DEFAULT_SIZE, "default")
+    shorts = scan_short_sides(paths, workers=workers, progress=progress, stop_at=DEFAULT_SIZE)
+    shorts = Counter({s: n for s, n in shorts.items() if s >= min_side})
+    if not shorts or max(shorts) >= DEFAULT_SIZE:  # no readable image: decoding reports each file
+        return SizeChoice(DEFAULT_SIZE, "default")
+    if len(shorts) == 1:
+        (side,) = shorts
+        return SizeChoice(side, "native", f"every image's short side is {side} px")
+    lo, hi = min(shorts), max(shorts)
+    common = ", ".join(f"{s} px x{n}" for s, n in shorts.most_common(3))
+    raise DataError(f"{spec}: every image is smaller than {DEFAULT_SIZE} px but their short sides differ "
+                    f"({lo}..{hi} px; most common {common}); give --size: --size {hi} keeps the largest (upscaling "
+                    f"the rest), --size {lo} only shrinks")  # fmt: skip
+
+
+def scan_short_sides(paths: Sequence[str], *, workers: int = 1, progress: bool = False,
+                     stop_at: int | None = None) -> Counter[int]:  # fmt: skip
+    """short side -> count over the readable images among `paths` (headers only, in threads).
+
+    stop_at: return as soon as a batch holds a short side this large (the rest is not read).
+    """
+    counts: Counter[int] = Counter()
+    batches = [paths[i : i + BATCH] for i in range(0, len(paths), BATCH)]
+    pool = ThreadPoolExecutor(max(1, workers))  # threads: the reads wait on the disk outside the GIL
+    try:
+        with progress_bar(total=len(paths), unit="img", desc="image sizes", disable=None if progress else True) as bar:
+            for batch, part in zip(batches, pool.map(_short_sides, batches)):
+                counts.update(part)
+                bar.update(len(batch))
+                if stop_at is not None and part and max(part) >= stop_at:
+                    break
+    finally:
+        pool.shutdown(cancel_futures=True)
+    return counts
+
+
+def _short_sides(paths: Sequence[str]) -> Counter[int]:
+    return Counter(min(wh) for wh in map(image_size, paths) if wh is not None)
+
+
+def image_size(path: str) -> tuple[int, int] | None:
+    """(width, height) from the file's header, or None when it cannot be read (decoding reports why).
+
+    EXIF orientation may swap the two; the short side, all `choose_size` uses, stays the same.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEADER_BYTES)
+            if head[:2] == b"\xff\xd8" and simplejpeg is not None:
+                try:
+                    h, w, _, _ = simplejpeg.decode_jpeg_header(head)
+                    return w, h
+                except ValueError:
+                    pass  # header beyond the first 64 KiB, or a JPEG simplejpeg refuses: Pillow below
+            f.seek(0)
+            with Image.open(f) as img:
+                return img.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
