@@ -372,3 +372,40 @@ def test_size_probe_reads_few_headers_on_large_image_trees(tmp_path, monkeypatch
     assert sizing.choose_size(source([small] * 3000), None) == sizing.SizeChoice(32, "native", "every image's short side is 32 px")
     assert len(reads) == sizing.SAMPLE + 3000  # every header, once the sample is all small
 
+
+# ---------------------------------------------------------------- alexnet verify
+
+
+def test_verify_cli_finds_corrupt_and_missing_files(tmp_path, capsys):
+    prepare("synthetic:classes=2,per_class=20,test_per_class=4,size=8", tmp_path / "o",
+            PrepareOptions(val_fraction=0.25, workers=1, progress=False, shard_bytes=8 * 8 * 3 * 10))  # fmt: skip
+    out = str(tmp_path / "o")
+    assert main(["verify", out, "--no-progress"]) == 0
+    assert "intact" in capsys.readouterr().out
+    assert main(["verify", out + "/val", "--json", "--no-progress"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["ok"] and r["splits"] == ["val"] and r["files"] == 3 and r["problems"] == []
+
+    with open(tmp_path / "o" / "train" / "images-00001.npy", "r+b") as f:  # one flipped byte in a shard
+        f.seek(-5, 2)
+        b = f.read(1)
+        f.seek(-5, 2)
+        f.write(bytes([b[0] ^ 1]))
+    (tmp_path / "o" / "test" / "labels.npy").unlink()
+    (tmp_path / "o" / "val" / "manifest.json").unlink()
+    assert main(["verify", out, "--no-progress", "--workers", "3"]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[:3] == ["val/manifest.json: missing", "train/images-00001.npy: corrupt (sha256 mismatch)",
+                         "test/labels.npy: missing"]  # fmt: skip
+    assert "3 bad" in lines[3] and len(lines) == 4
+    assert main(["verify", out, "--json", "--no-progress"]) == 1
+    r = json.loads(capsys.readouterr().out)
+    assert not r["ok"] and {p["file"] for p in r["problems"]} == {"val/manifest.json", "train/images-00001.npy", "test/labels.npy"}
+    with pytest.raises(DataError, match="images-00001.npy is corrupt"):
+        open_store(tmp_path / "o" / "train").verify(workers=2)
+
+    assert main(["verify", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["verify", str(tmp_path / "empty")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1

@@ -17,6 +17,7 @@ from ..errors import AlexNetError
 COMMANDS = {
     "summary": "summary",
     "prepare": "prepare",
+    "verify": "verify",
     "train": "train",
     "evaluate": "evaluate",
     "predict": "predict",

@@ -8,6 +8,9 @@
     OUT/<split>/rows.npy        only when files were skipped: the shard row of each kept image
     OUT/<split>/stats.npz       mean image, channel mean/std, RGB covariance eigenvalues/vectors
 
+Every file of a split but the manifest has its sha256 in the manifest: `alexnet verify OUT`
+(verify_store) rehashes them.
+
 Raw .npy shards rather than a container format: a random batch is one gather per shard from
 the page cache, with no decoding (`alexnet bench loader` measures it against decoding JPEGs).
 """
@@ -16,6 +19,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +30,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..files import sha256_file
+from ..progress import progress_bar
 from .stats import Stats
 
 FORMAT = "alexnet-store"
@@ -148,15 +156,100 @@ class Store:
             if os.preadv(fds[s], [flat[k]], bases[s] + r * rb) != rb:
                 raise DataError(f"store {self.path}: shard {s} is truncated")
 
-    def verify(self) -> None:
-        """Recompute every file's sha256 against the manifest; a mismatch is a DataError."""
-        files = [*self.manifest["shards"], self.manifest["labels"], self.manifest["stats_file"]]
-        if self.manifest.get("rows_file"):
-            files.append(self.manifest["rows_file"])
-        for f in files:
-            got = sha256_file(self.path / f["file"])
-            if got != f["sha256"]:
-                raise DataError(f"store {self.path}: {f['file']} is corrupt (sha256 mismatch)")
+    def verify(self, workers: int = 1) -> None:
+        """Recompute every file's sha256 against the manifest; a mismatch or a missing file is a DataError."""
+        problems = check_files(self.path, manifest_files(self.manifest), workers=workers)
+        if problems:
+            raise DataError(f"store {self.path}: " + "; ".join(f"{p.file} is {p.problem}" for p in problems))
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    """A store file that does not match its manifest: problem is "missing" or "corrupt (sha256 mismatch)"."""
+
+    path: Path
+    problem: str
+
+    @property
+    def file(self) -> str:
+        return self.path.name
+
+
+def manifest_files(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The {"file", "sha256"} entries a split's manifest vouches for: shards, labels, statistics, rows."""
+    files = [*manifest["shards"], manifest["labels"], manifest["stats_file"]]
+    if manifest.get("rows_file"):
+        files.append(manifest["rows_file"])
+    return files
+
+
+def check_files(folder: Path, files: list[dict[str, Any]], *, workers: int = 1,
+                on_done: Callable[[int], None] | None = None) -> list[FileProblem]:  # fmt: skip
+    """Hash `files` (manifest entries under `folder`) in `workers` threads; the ones that fail, in manifest order.
+
+    Threads suffice: hashlib releases the GIL while it hashes, so N threads hash N files at once.
+    on_done(bytes) is called as each file finishes (for a progress bar).
+    """
+
+    def check(entry: dict[str, Any]) -> FileProblem | None:
+        path = folder / entry["file"]
+        try:
+            got = sha256_file(path)
+            size = path.stat().st_size
+        except FileNotFoundError:
+            got, size = None, 0
+        except OSError as exc:
+            return FileProblem(path, f"unreadable ({exc.strerror or exc})")
+        if on_done is not None:
+            on_done(size)
+        if got is None:
+            return FileProblem(path, "missing")
+        return None if got == entry["sha256"] else FileProblem(path, "corrupt (sha256 mismatch)")
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return [p for p in pool.map(check, files) if p is not None]
+
+
+def verify_store(path: str | os.PathLike[str], *, workers: int = 4, progress: bool = False) -> dict[str, Any]:
+    """Check a prepared dataset (OUT) or one split (OUT/<split>) against its manifests' sha256 checksums.
+
+    Returns {"path", "ok", "splits", "files", "bytes", "problems": [{"file", "problem"}], "seconds"},
+    file paths relative to `path`. Only a path that is no store at all is a DataError.
+    """
+    t0 = time.perf_counter()
+    root = Path(path)
+    if (root / MANIFEST).is_file():
+        split_dirs = {root.name: root}
+    elif (root / DATASET).is_file():
+        try:
+            split_dirs = {name: root / name for name in json.loads((root / DATASET).read_text())["splits"]}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"cannot read {root / DATASET}: {exc}") from None
+    elif root.is_dir():
+        raise DataError(f"{path} is not a prepared store (no {DATASET} or {MANIFEST}; an unfinished prepare?)")
+    else:
+        raise DataError(f"store {path} does not exist")
+    problems: list[FileProblem] = []
+    jobs = []
+    for folder in split_dirs.values():
+        try:
+            jobs.append((folder, manifest_files(json.loads((folder / MANIFEST).read_text()))))
+        except FileNotFoundError:
+            problems.append(FileProblem(folder / MANIFEST, "missing"))
+        except (OSError, ValueError, KeyError, TypeError):
+            problems.append(FileProblem(folder / MANIFEST, "corrupt (not a readable manifest)"))
+    sizes = [(folder / f["file"]).stat().st_size for folder, files in jobs for f in files if (folder / f["file"]).is_file()]
+    with progress_bar(total=sum(sizes), unit="B", unit_scale=True, desc="verify",
+                      disable=None if progress else True) as bar:  # fmt: skip
+        for folder, files in jobs:
+            problems += check_files(folder, files, workers=workers, on_done=bar.update)
+    base = root if (root / DATASET).is_file() else root.parent
+    return {
+        "path": str(root), "ok": not problems, "splits": list(split_dirs),
+        "files": sum(len(files) for _, files in jobs), "bytes": sum(sizes),
+        "problems": [{"file": str(p.path.relative_to(base)), "problem": p.problem} for p in problems],
+        "seconds": round(time.perf_counter() - t0, 3),
+    }  # fmt: skip
 
 
 def open_store(path: str | os.PathLike[str]) -> Store:
@@ -179,3 +272,18 @@ def open_dataset(path: str | os.PathLike[str]) -> dict[str, Store]:
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read {marker}: {exc}") from None
     return {name: Store(root / name) for name in meta["splits"]}
+
+
+def open_split(path: str | os.PathLike[str], split: str | None = None, default: tuple[str, ...] = ("val", "test")) -> Store:
+    """One split: `path` itself when it is a split's folder, else split `split` of the dataset at
+    `path`, else the first of `default` it has. A missing split is a DataError naming those found."""
+    root = Path(path)
+    if (root / MANIFEST).is_file():
+        if split not in (None, root.name):
+            raise DataError(f"{root} is one split ({root.name}); --split {split} does not apply")
+        return open_store(root)
+    splits = open_dataset(root)
+    for name in [split] if split else default:
+        if name in splits:
+            return splits[name]
+    raise DataError(f"{root} has no split {split or ' or '.join(default)} (found: {', '.join(splits)})")
