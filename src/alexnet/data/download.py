@@ -29,8 +29,10 @@ def fetch(url: str, folder: Path, fname: str, *, known_hash: str | None = None, 
     folder.mkdir(parents=True, exist_ok=True)
     bar = None
     if progress and not (folder / fname).is_file():
-        bar = progress_bar(unit="B", unit_scale=True, desc=f"download {fname}")
-    downloader = pooch.HTTPDownloader(progressbar=bar or False, chunk_size=CHUNK_BYTES, timeout=60)
+        # total=1 until pooch sets the content length: pooch tests the bar's truth, which tqdm
+        # refuses to tell without a total
+        bar = progress_bar(total=1, unit="B", unit_scale=True, desc=f"download {fname}")
+    downloader = pooch.HTTPDownloader(progressbar=bar if bar is not None else False, chunk_size=CHUNK_BYTES, timeout=60)
     logger = pooch.get_logger()
     level = logger.level
     logger.setLevel(logging.WARNING)  # its INFO lines repeat what the bar shows, or ask for a hash we check ourselves
@@ -43,8 +45,17 @@ def fetch(url: str, folder: Path, fname: str, *, known_hash: str | None = None, 
         raise DataError(f"refusing the download of {url}: {m['alg'].lower()} {m['got']}, expected {m['want']} "
                         "(corrupted in transit, or not the official file)") from None  # fmt: skip
     except (OSError, requests.RequestException) as exc:
-        raise DataError(f"cannot download {url}: {exc}") from None
+        raise DataError(f"cannot download {url}: {_reason(exc)}") from None
     finally:
         logger.setLevel(level)
         if bar is not None:
             bar.close()
+
+
+def _reason(exc: Exception) -> str:
+    """The useful end of a requests/urllib3 error ("HTTP 404 Not Found", "Failed to resolve 'host' (...)")."""
+    response = getattr(exc, "response", None)
+    if response is not None:
+        return f"HTTP {response.status_code} {response.reason}"
+    inner = getattr(exc.args[0], "reason", None) if exc.args else None  # urllib3's MaxRetryError wraps the cause
+    return str(inner or exc).split("): ", 1)[-1]
