@@ -11,12 +11,12 @@ from analysis_helpers import make_dataset, make_run
 
 from alexnet.analysis import features as F
 from alexnet.analysis.features import extract_features, image_features, open_features
-from alexnet.checkpoint import Preprocess, load_checkpoint, model_from_checkpoint
+from alexnet.checkpoint import load_checkpoint, model_from_checkpoint, preprocess_of
 from alexnet.cli import main
 from alexnet.data import open_dataset
 from alexnet.errors import ConfigError, DataError
 from alexnet.models import activations
-from alexnet.transforms import eval_views
+from alexnet.preprocess import eval_views
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def _reference(run, store, indices, layer):
     """What the model itself gives for those images: activations() on eval_views(), one batch."""
     ckpt = load_checkpoint(run)
     model = model_from_checkpoint(ckpt).eval()
-    views = eval_views(Preprocess.from_dict(ckpt["preprocess"]), ckpt.get("mean_image"), torch.device("cpu"))
+    views = eval_views(preprocess_of(ckpt))
     x = views(torch.from_numpy(store.read(indices)).permute(0, 3, 1, 2))[:, 0]
     with torch.no_grad():
         return activations(model, x, [layer])[layer].flatten(1).numpy()
@@ -70,7 +70,7 @@ def test_flip_views_average_the_mirror(setup, tmp_path):
     both = extract_features(run, data, tmp_path / "b", dtype="float32", limit=6, views="flip", device="cpu")
     ckpt = load_checkpoint(run)
     model = model_from_checkpoint(ckpt).eval()
-    views = eval_views(Preprocess.from_dict(ckpt["preprocess"]), ckpt.get("mean_image"), torch.device("cpu"))
+    views = eval_views(preprocess_of(ckpt))
     x = views(torch.from_numpy(open_dataset(data)["train"].read(centre.indices)).permute(0, 3, 1, 2))[:, 0]
     with torch.no_grad():
         mirror = activations(model, x.flip(-1), ["fc7"])["fc7"].numpy()
@@ -103,7 +103,7 @@ def test_mistakes_are_errors_and_a_failed_run_leaves_nothing(setup, tmp_path, mo
     with pytest.raises(ConfigError, match="--overwrite"):
         extract_features(run, data, tmp_path / "x", device="cpu")
     calls = {"n": 0}
-    real = F.layer_features
+    real = F.Predictor.features
 
     def failing(*args, **kw):
         calls["n"] += 1
@@ -111,7 +111,7 @@ def test_mistakes_are_errors_and_a_failed_run_leaves_nothing(setup, tmp_path, mo
             raise RuntimeError("killed")
         return real(*args, **kw)
 
-    monkeypatch.setattr(F, "layer_features", failing)
+    monkeypatch.setattr(F.Predictor, "features", failing)
     with pytest.raises(RuntimeError):
         extract_features(run, data, tmp_path / "y", batch_size=4, device="cpu")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]  # no half-written folder, no temp left

@@ -8,19 +8,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alexnet.checkpoint import Preprocess, load_checkpoint, model_from_checkpoint
+from alexnet.checkpoint import load_checkpoint, model_from_checkpoint, preprocess_of
 from alexnet.cli import main
 from alexnet.errors import CheckpointError
 from alexnet.interop.caffe import (
     BVLC_MODEL_OPTIONS,
-    BVLC_PREPROCESS,
     BVLC_SHAPES,
     bvlc_to_state_dict,
-    load_bvlc_npy,
     load_npy_object,
     save_npy_object,
 )
+from alexnet.inference import Predictor
 from alexnet.models import create_model
+from alexnet.preprocess import CAFFE_BVLC
 
 
 def fake_bvlc(num_classes: int = 1000, seed: int = 0) -> dict:
@@ -94,7 +94,7 @@ def test_import_equals_direct_implementation_of_the_file(imported):
 
     # A mean-subtracted BGR 227x227 batch, as Caffe feeds it.
     rgb = torch.rand(2, 227, 227, 3, generator=torch.Generator().manual_seed(1)) * 255
-    bgr = rgb.flip(-1) - torch.tensor(BVLC_PREPROCESS.mean)
+    bgr = rgb.flip(-1) - torch.tensor(CAFFE_BVLC.mean)
     want = ref_bvlc_forward(params, bgr.double())
     with torch.no_grad():
         got = model(bgr.permute(0, 3, 1, 2).contiguous()).double()
@@ -105,7 +105,7 @@ def test_import_equals_direct_implementation_of_the_file(imported):
 
 def test_checkpoint_records_caffe_preprocessing_and_imagenet_names(imported):
     ckpt = load_checkpoint(imported[2])
-    pp = Preprocess.from_dict(ckpt["preprocess"])
+    pp = preprocess_of(ckpt)
     assert (pp.crop, pp.resize, pp.scale, pp.std, pp.channel_order) == (227, 256, 1.0, None, "BGR")
     assert pp.mean == pytest.approx((104.007, 116.669, 122.679), abs=1e-3)
     assert len(ckpt["class_names"]) == 1000 and ckpt["class_names"][0] == "tench"
@@ -114,17 +114,16 @@ def test_checkpoint_records_caffe_preprocessing_and_imagenet_names(imported):
 
 
 def test_predict_uses_the_recorded_caffe_preprocessing(imported, tmp_path):
-    predict = pytest.importorskip("alexnet.predict")
     from PIL import Image
 
     out = imported[2]
     # 256x256 already: no resampling, so the expected input is exact (centre 227 crop, BGR, minus mean).
     img = np.random.default_rng(3).integers(0, 256, (256, 256, 3), dtype=np.uint8)
     Image.fromarray(img).save(tmp_path / "x.png")
-    predictor = predict.Predictor(out)
+    predictor = Predictor.load(out, device="cpu")
     (pred,) = predictor.predict([str(tmp_path / "x.png")], topk=3)
     o = (256 - 227) // 2
-    x = torch.from_numpy(img[o : o + 227, o : o + 227, ::-1].astype(np.float32)) - torch.tensor(BVLC_PREPROCESS.mean)
+    x = torch.from_numpy(img[o : o + 227, o : o + 227, ::-1].astype(np.float32)) - torch.tensor(CAFFE_BVLC.mean)
     with torch.no_grad():
         probs = predictor.model(x.permute(2, 0, 1)[None].contiguous()).softmax(1)[0]
     names = load_checkpoint(out)["class_names"]

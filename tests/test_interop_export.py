@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from alexnet.checkpoint import Preprocess, load_checkpoint, save_checkpoint
+from alexnet.checkpoint import load_checkpoint, save_checkpoint
+from alexnet.preprocess import Preprocess
 from alexnet.cli import main
 from alexnet.errors import CheckpointError, ConfigError
 from alexnet.interop.export import TraceableLRN, export_checkpoint, load_safetensors, read_safetensors_metadata

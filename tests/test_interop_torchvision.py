@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alexnet.checkpoint import Preprocess, load_checkpoint, model_from_checkpoint
+from alexnet.checkpoint import load_checkpoint, model_from_checkpoint, preprocess_of
 from alexnet.cli import main
 from alexnet.errors import CheckpointError
 from alexnet.interop import download, imagenet_class_names, imagenet_synsets, imagenet_wnids, import_weights
-from alexnet.interop.torchvision import TORCHVISION_PREPROCESS
+from alexnet.preprocess import TORCHVISION
 
 # torchvision.models.alexnet's state_dict layout (torchvision does not import here).
 TV_SHAPES = {
@@ -58,8 +58,8 @@ def test_import_matches_torchvision_forward_and_records_preprocessing(tv_file, t
     assert main(["import-weights", str(path), "--out", str(out)]) == 0
     ckpt = load_checkpoint(out)
     assert ckpt["arch"] == "alexnet-owt"
-    pp = Preprocess.from_dict(ckpt["preprocess"])
-    assert pp == TORCHVISION_PREPROCESS
+    pp = preprocess_of(ckpt)
+    assert pp == TORCHVISION
     assert (pp.resize, pp.crop, pp.channel_order, pp.std) == (256, 224, "RGB", (0.229, 0.224, 0.225))
     assert pp.scale == pytest.approx(1 / 255) and pp.mean == (0.485, 0.456, 0.406)
     assert ckpt["class_names"][:2] == ["tench", "goldfish"] and ckpt["class_names"][-1] == "toilet tissue"

@@ -2,13 +2,15 @@
 
 import copy
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from alexnet.errors import ConfigError
-from alexnet.models import activations, create_model, model_entry
-from alexnet.models.alexnet import PAPER_SPEC, AlexNet
+from alexnet.models import activations, create_model
+from alexnet.models.alexnet import CAFFENET, AlexNet
 from alexnet.parallel import merge_towers, parse_devices, split_towers
 
 
@@ -46,9 +48,7 @@ def test_paper_alexnet_split_equals_grouped_outputs_and_gradients():
 def test_other_paper_family_models(arch, size):
     # caffenet puts LRN after the pool; alexnet-small is the 28 px net with 1 channel.
     if arch == "caffenet":  # CaffeNet's layout and LRN constants at reduced widths, to stay fast
-        entry = dict(model_entry("caffenet").options(), num_classes=10, dropout=0.0)
-        grouped = AlexNet(**{**PAPER_SPEC, **entry, "widths": (48, 64, 96, 96, 64), "fc": (256, 256)},
-                          lrn_position="after-pool")  # fmt: skip
+        grouped = AlexNet(replace(CAFFENET, num_classes=10, dropout=0.0, widths=(48, 64, 96, 96, 64), fc=(256, 256)))
         assert [n for n in grouped.features._modules][:4] == ["conv1", "act1", "pool1", "norm1"]
     else:
         grouped = create_model(arch, num_classes=10, dropout=0.0)

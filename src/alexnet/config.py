@@ -38,7 +38,7 @@ class DataConfig:
     mean: str = "image"  # subtract the mean image (the paper), per-channel mean, or nothing
     divide_std: bool = False  # also divide by the per-channel std (not in the paper)
     workers: int = 2  # background batch readers
-    val_split: str = "val"  # split used for the plateau schedule and `best`; falls back to "test"
+    val_split: str = "val"  # keeps `best` and drives the plateau schedule; without it: test split, curves only
     ten_crop_eval: bool = False  # validation with the paper's 10 views (slower)
     flip_eval: bool = False  # average the prediction of each image and its mirror at validation
     train_subset: int = 0  # train on a fixed class-balanced sample of this many training images (0: all)
@@ -109,19 +109,15 @@ def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 # 224 crops + flips + PCA lighting from 256 images, mean image subtracted.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
-    # The CPU demo: alexnet-small on Fashion-MNIST 28x28, sized for ~9 minutes on 2 cores
-    # (docs/reproduction.md). Short and fast: Nesterov SGD with a one-cycle schedule and label
-    # smoothing instead of the paper's plateau schedule (which needs tens of epochs); dropout
-    # 0.1 and flips only, no translations: at 10 epochs the net under-fits (dropout 0.5 with
-    # pad-and-crop ended at train error ~ test error, 92.2%; the paper notes dropout roughly
-    # doubles the iterations needed); batch 128 at lr 0.05 (twice the updates of 256 at 0.1 for
-    # ~4% less throughput: 93.04% against 92.73%, seed 0); no PCA lighting (grayscale); flip
-    # at test; bf16 autocast and channels_last (1.6x the fp32 NCHW step here).
+    # The CPU demo: alexnet-small on Fashion-MNIST 28x28 in ~8 minutes on 2 cores. A short run
+    # needs a short schedule (Nesterov one-cycle, label smoothing) instead of the paper's plateau
+    # rule, light dropout (0.5 under-fits in 10 epochs), flips without translations, and bf16 +
+    # channels_last for speed. How each setting was chosen: docs/reproduction.md.
     "demo": {
         "model": {"arch": "alexnet-small", "options": {"init": "kaiming", "widths": [48, 96, 144, 144, 96],
                                                      "fc": [512, 512], "dropout": 0.1}},
         "data": {"crop": 28, "pad": 0, "flip": True, "lighting": 0.0, "mean": "channel", "divide_std": True,
-                 "workers": 1, "val_split": "test", "flip_eval": True},
+                 "workers": 1, "flip_eval": True},
         "optim": {"name": "nesterov", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "onecycle",
                   "warmup_epochs": 1.0, "label_smoothing": 0.1},
         "epochs": 10,

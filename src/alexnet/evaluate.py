@@ -9,18 +9,18 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import DataError
-
-if TYPE_CHECKING:
-    from .data import Store
+from .data import Store
+from .data.loader import Loader
+from .data.store import open_split
+from .inference import Predictor, predict_probs
 
 
 @dataclass
@@ -60,8 +60,6 @@ class Accumulator:
         self.n += labels.numel()
 
     def all_reduce(self) -> None:
-        import torch.distributed as dist
-
         for t in (self.confusion, self.top5, self.loss, self.n):
             dist.all_reduce(t)
 
@@ -80,18 +78,6 @@ class Accumulator:
             confusion=conf.tolist(),
             views=views,
         )
-
-
-@torch.no_grad()
-def predict_probs(model: nn.Module, views: Tensor, autocast_dtype: torch.dtype | None = None) -> Tensor:
-    """Softmax averaged over views: `views` is (B, V, C, H, W) or (B, C, H, W)."""
-    if views.dim() == 4:
-        views = views[:, None]
-    b, v = views.shape[:2]
-    flat = views.reshape(b * v, *views.shape[2:])
-    with torch.autocast(flat.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        logits = model(flat)
-    return logits.float().softmax(dim=1).view(b, v, -1).mean(dim=1)
 
 
 def evaluate_batches(
@@ -120,18 +106,12 @@ def evaluate_batches(
     return acc.result(views)
 
 
-def open_split(data: str | os.PathLike[str], split: str | None = None) -> Store:
-    """A dataset folder (then `split`, default val, else test) or one split's folder itself."""
-    from .data import open_dataset, open_store
-
-    path = Path(data)
-    if (path / "manifest.json").is_file() and split is None:
-        return open_store(path)
-    splits = open_dataset(path)
-    for name in ([split] if split else ["val", "test"]):
-        if name in splits:
-            return splits[name]
-    raise DataError(f"{path} has no split {split or 'val or test'} (found: {', '.join(splits)})")
+def evaluate_store(predictor: Predictor, store: Store, *, views: str = "center", batch_size: int = 128) -> EvalResult:
+    """Evaluate a loaded checkpoint on one prepared split."""
+    predictor.check_store(store)
+    loader = Loader(store, batch_size, shuffle=False, seed=0, drop_last=False, workers=2)
+    return evaluate_batches(predictor.model, loader.epoch_batches(0), predictor.views(views), predictor.num_classes,
+                            predictor.device, views=views)  # fmt: skip
 
 
 def evaluate_checkpoint(
@@ -144,31 +124,7 @@ def evaluate_checkpoint(
     device: str = "auto",
     model_parallel: str | None = None,
 ) -> tuple[EvalResult, Store]:
-    """Evaluate a checkpoint on a prepared split with the preprocessing the checkpoint records."""
-    from .checkpoint import Preprocess, load_checkpoint, model_from_checkpoint
-    from .data.loader import Loader
-    from .runtime import resolve_device
-    from .transforms import eval_views
-
-    ckpt = load_checkpoint(checkpoint)
+    """Evaluate a checkpoint on a prepared split (default: val, else test) with the preprocessing it records."""
+    predictor = Predictor.load(checkpoint, device=device, model_parallel=model_parallel)
     store = open_split(data, split)
-    dev = resolve_device(device)
-    model: nn.Module = model_from_checkpoint(ckpt)
-    num_classes = int(ckpt["model_config"]["num_classes"])
-    if store.num_classes > num_classes:
-        raise DataError(f"the store has {store.num_classes} classes, the checkpoint {num_classes}")
-    pp = Preprocess.from_dict(ckpt["preprocess"])
-    if store.channels != pp.in_chans:
-        raise DataError(f"the store has {store.channels}-channel images, the model takes {pp.in_chans}")
-    if model_parallel:
-        from .parallel.model_parallel import parse_devices, split_towers
-
-        devices = parse_devices(model_parallel)
-        model, dev = split_towers(model, devices), torch.device(devices[0])
-    else:
-        # channels_last on CPU: the same numbers, 1.6x the NCHW forward here (docs/benchmarks.md)
-        model = model.to(dev, memory_format=torch.channels_last if dev.type == "cpu" else torch.preserve_format)
-    loader = Loader(store, batch_size, shuffle=False, seed=0, drop_last=False, workers=2)
-    result = evaluate_batches(model, loader.epoch_batches(0), eval_views(pp, ckpt.get("mean_image"), dev, views),
-                              num_classes, dev, views=views)  # fmt: skip
-    return result, store
+    return evaluate_store(predictor, store, views=views, batch_size=batch_size), store

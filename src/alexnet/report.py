@@ -1,96 +1,78 @@
-"""RUN_DIR/report.md: the run's numbers and figures in one page."""
+"""RUN_DIR/report.md: the run's numbers and figures in one page.
+
+The headline figure is the final checkpoint evaluated on the test split exactly as `alexnet
+evaluate` does it (fp32, the run's validation views), so the report and the command agree to
+the digit; the validation by epoch below it is what training saw (in its own precision).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
 from . import figures
-from .checkpoint import load_checkpoint
+from .data import open_dataset
+from .evaluate import EvalResult, evaluate_store
+from .inference import Predictor
 from .train.rundir import RunDir
 
 
-def _sample_predictions(run: RunDir, ckpt_path: Path, count: int = 16) -> tuple[list[np.ndarray], list, list[str]] | None:
-    """A fixed sample of validation images with the model's top-5 (for the report's grid)."""
-    from .evaluate import open_split, predict_probs
-    from .predict import Predictor
-
-    cfg = run.read_config()
-    try:
-        store = open_split(cfg["data_path"], cfg.get("data", {}).get("val_split"))
-    except Exception:
-        return None
-    rng = np.random.default_rng(0)
-    idx = np.sort(rng.choice(len(store), size=min(count, len(store)), replace=False))
-    images = store.read(idx)  # (B, H, W, C) uint8
-    pred = Predictor(ckpt_path, views="center")
-    batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-    probs = predict_probs(pred.model, pred.views(batch))
-    k = min(5, probs.shape[1])
-    values, indices = probs.topk(k, dim=1)
-    top = [[(pred.class_names[j], p) for j, p in zip(i, v)] for i, v in zip(indices.tolist(), values.tolist())]
-    truth = [store.class_names[int(store.labels[i])] for i in idx]
-    return list(images), top, truth
+def _view_mode(data_cfg: dict[str, Any]) -> str:
+    return "ten-crop" if data_cfg.get("ten_crop_eval") else "flip" if data_cfg.get("flip_eval") else "center"
 
 
-def write_report(run_dir: str | os.PathLike[str]) -> Path:
-    """Write report.md and its figures (figures/*.png) from the run folder's metrics and checkpoints."""
+def write_report(run_dir: str | os.PathLike[str], *, device: str = "auto") -> Path:
+    """Write report.md and its figures (figures/*.png) from the run folder's metrics and final checkpoint."""
     run = RunDir(run_dir)
+    cfg = run.read_config()
     metrics = run.metrics()
     fig_dir = run.path / "figures"
     ckpt_path = run.best if run.best.is_file() else run.last
-    ckpt = load_checkpoint(ckpt_path)
-    cfg = run.read_config()
+    predictor = Predictor.load(ckpt_path, device=device)
     env = json.loads((run.path / "env.json").read_text()) if (run.path / "env.json").is_file() else {}
-    val = (ckpt.get("meta") or {}).get("validation")
-    made: dict[str, Path] = {"curves": figures.training_curves(metrics, fig_dir / "training_curves.png", title=ckpt["arch"])}
-    if val:
-        made["confusion"] = figures.confusion_matrix(val["confusion"], ckpt["class_names"], fig_dir / "confusion.png")
-    conv1 = next((v for k, v in ckpt["state_dict"].items() if k.endswith("conv1.weight") or k == "features.0.weight"), None)
-    if conv1 is not None:
-        groups = 2 if ckpt["arch"] in ("alexnet", "caffenet", "alexnet-small") else 1
-        made["kernels"] = figures.conv1_kernels(conv1, fig_dir / "conv1_kernels.png", towers=groups)
-    sample = _sample_predictions(run, ckpt_path)
-    if sample is not None:
-        made["predictions"] = figures.predictions_grid(sample[0], sample[1], fig_dir / "predictions.png", truth=sample[2])
+    splits = open_dataset(cfg["data_path"])
+    split = "test" if "test" in splits else cfg.get("data", {}).get("val_split", "val")
+    views = _view_mode(cfg.get("data", {}))
+    final: EvalResult | None = evaluate_store(predictor, splits[split], views=views) if split in splits else None
 
-    train_recs = [m for m in metrics if "images_per_s" in m]
-    val_recs = [m for m in metrics if "val_top1_error" in m]
-    lines = [f"# Run report: {ckpt['arch']} on {cfg.get('data_path', '?')}", ""]
-    if val:
+    made: dict[str, Path] = {"curves": figures.training_curves(metrics, fig_dir / "training_curves.png", title=predictor.arch)}
+    if final is not None:
+        made["confusion"] = figures.confusion_matrix(final.confusion, predictor.class_names, fig_dir / "confusion.png")
+        images, top, truth = predictor.sample(splits[split], 16, seed=0)
+        made["predictions"] = figures.predictions_grid(images, top, fig_dir / "predictions.png", truth=truth)
+    weight, towers = predictor.conv1()
+    made["kernels"] = figures.conv1_kernels(weight, fig_dir / "conv1_kernels.png", towers=towers)
+
+    lines = [f"# Run report: {predictor.arch} on {cfg.get('data_path', '?')}", ""]
+    if final is not None:
+        flag = {"flip": " --flip", "ten-crop": " --ten-crop"}.get(views, "")
+        command = f"alexnet evaluate --checkpoint {shlex.quote(str(ckpt_path))} --data {shlex.quote(str(cfg['data_path']))} --split {split}{flag}"
         lines += [
             "| metric | value |", "|---|---|",
-            f"| validation images | {val['n']} ({val['views']} view(s)) |",
-            f"| top-1 accuracy | {100 * (1 - val['top1_error']):.2f}% |",
-            f"| top-1 error | {100 * val['top1_error']:.2f}% |",
-            f"| top-5 error | {100 * val['top5_error']:.2f}% |",
-            f"| best epoch | {val_recs[[v['val_top1_error'] for v in val_recs].index(min(v['val_top1_error'] for v in val_recs))]['epoch'] if val_recs else '?'} |",
+            f"| {split} images | {final.n} ({views} view(s)) |",
+            f"| top-1 accuracy | {100 * (1 - final.top1_error):.2f}% |",
+            f"| top-1 error | {100 * final.top1_error:.2f}% |",
+            f"| top-5 error | {100 * final.top5_error:.2f}% |",
         ]  # fmt: skip
-    if train_recs:
-        ips = [m["images_per_s"] for m in train_recs]
-        lines.append(f"| training throughput (median of intervals) | {float(np.median(ips)):.0f} images/s |")
-    elapsed = _elapsed(run)
-    if elapsed is not None:
-        lines.append(f"| training wall time | {elapsed:.0f} s |")
+    lines += _training_rows(run, metrics, ckpt_path)
+    if final is not None:
+        lines += ["", f"The {split} figures are `{command}` (fp32)."]
     lines += ["", f"Checkpoint: `{ckpt_path.name}`. Device: {env.get('device', '?')}, torch {env.get('torch', '?')}, "
               f"commit {env.get('git_commit', '?')}.", ""]  # fmt: skip
-    if val_recs:
-        lines += ["## Validation by epoch", "", "| epoch | top-1 error | top-5 error | loss | lr |", "|---|---|---|---|---|"]
-        for m in val_recs:
-            lines.append(f"| {m['epoch']} | {100 * m['val_top1_error']:.2f}% | {100 * m['val_top5_error']:.2f}% | "
-                         f"{m['val_loss']:.4f} | {m['lr']:.3g}{' (dropped)' if m.get('lr_dropped') else ''} |")  # fmt: skip
-        lines.append("")
-    titles = {"curves": "Training curves", "confusion": "Confusion matrix", "kernels": "conv1 kernels (Fig. 3)",
-              "predictions": "Validation images and their top-5 predictions (true class in green)"}  # fmt: skip
+    lines += _validation_table(metrics)
+    titles = {"curves": "Training curves", "confusion": f"Confusion matrix ({split})",
+              "predictions": f"{split.capitalize()} images and their top-5 predictions (true class in green)",
+              "kernels": f"conv1 kernels (Fig. 3){', tower by tower' if towers > 1 else ''}"}  # fmt: skip
     for key, path in made.items():
         lines += [f"## {titles[key]}", "", f"![{key}]({path.relative_to(run.path)})", ""]
-    if val:
-        lines += ["## Per-class accuracy", "", "| class | accuracy |", "|---|---|"]
-        lines += [f"| {n} | {100 * a:.2f}% |" for n, a in zip(ckpt["class_names"], val["per_class_accuracy"])]
+    if final is not None:
+        lines += [f"## Per-class accuracy ({split})", "", "| class | accuracy |", "|---|---|"]
+        lines += [f"| {n} | {100 * a:.2f}% |" for n, a in zip(predictor.class_names, final.per_class_accuracy)]
         lines.append("")
     lines += ["## Settings", "", "```yaml", (run.path / "config.yaml").read_text().rstrip(), "```", ""]
     out = run.path / "report.md"
@@ -98,8 +80,31 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     return out
 
 
-def _elapsed(run: RunDir) -> float | None:
-    """Wall time of training from the metrics file's timestamps, when present."""
-    stamps = [m["time"] for m in run.metrics() if "time" in m]
-    return stamps[-1] - stamps[0] if len(stamps) >= 2 else None
+def _training_rows(run: RunDir, metrics: list[dict[str, Any]], ckpt_path: Path) -> list[str]:
+    rows = []
+    val = [m for m in metrics if "val_top1_error" in m]
+    if ckpt_path == run.best and val:
+        best = min(val, key=lambda m: m["val_top1_error"])
+        rows.append(f"| checkpoint | best.pt: epoch {best['epoch']}, chosen on {best.get('split', 'val')} |")
+    elif val:
+        rows.append(f"| checkpoint | last.pt: epoch {val[-1]['epoch']} (nothing selected) |")
+    ips = [m["images_per_s"] for m in metrics if "images_per_s" in m]
+    if ips:
+        rows.append(f"| training throughput (median of intervals) | {float(np.median(ips)):.0f} images/s |")
+    stamps = [m["time"] for m in metrics if "time" in m]
+    if len(stamps) >= 2:
+        rows.append(f"| training wall time | {stamps[-1] - stamps[0]:.0f} s |")
+    return rows
 
+
+def _validation_table(metrics: list[dict[str, Any]]) -> list[str]:
+    val = [m for m in metrics if "val_top1_error" in m]
+    if not val:
+        return []
+    split = val[-1].get("split", "val")
+    lines = [f"## Validation by epoch ({split}, during training)", "",
+             "| epoch | top-1 error | top-5 error | loss | lr |", "|---|---|---|---|---|"]  # fmt: skip
+    for m in val:
+        lines.append(f"| {m['epoch']} | {100 * m['val_top1_error']:.2f}% | {100 * m['val_top5_error']:.2f}% | "
+                     f"{m['val_loss']:.4f} | {m['lr']:.3g}{' (dropped)' if m.get('lr_dropped') else ''} |")  # fmt: skip
+    return lines + [""]

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .models.alexnet import AlexNetConfig, tile_pad
 from .models.layers import LocallyConnected2d
 
 LEARNED = (nn.Conv2d, nn.Linear, LocallyConnected2d)
@@ -111,6 +112,6 @@ def summarize(model: nn.Module, input_size: int | None = None, arch: str | None 
 
 
 def _padding_note(model: nn.Module, size: int) -> str:
-    tile_pad = getattr(model, "_tile_pad", None)
-    pad = tile_pad(size) if tile_pad else 0
+    cfg = getattr(model, "cfg", None)
+    pad = tile_pad(size, cfg.kernels[0], cfg.strides[0], cfg.paddings[0]) if isinstance(cfg, AlexNetConfig) else 0
     return f"zero-padded right/bottom by {pad} to {size + pad} so conv1 tiles it" if pad else ""

@@ -22,14 +22,24 @@ import math
 import os
 import shlex
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from ..config import load_config
+from ..data import Store, open_dataset
+from ..data.loader import balanced_subset
 from ..errors import ConfigError, DataError
+from ..evaluate import evaluate_batches
+from ..figures import _plt, _save
+from ..inference import Predictor
+from ..runtime import environment
+from ..train import train
+from ..train.rundir import RunDir
 
 # The shared recipe: the paper's update rule, momentum, weight decay and initial lr (section 5),
 # batch 128, held constant (short runs never reach the paper's plateau drops); random +-2 px
@@ -39,7 +49,7 @@ from ..errors import ConfigError, DataError
 BASE = (
     "optim.name=paper-sgd", "optim.lr=0.01", "optim.momentum=0.9", "optim.weight_decay=0.0005",
     "optim.schedule=constant", "batch_size=128", "data.pad=2", "data.flip=true", "data.lighting=0.0",
-    "data.mean=channel", "data.divide_std=true", "data.val_split=test", "checkpoint_every=100000",
+    "data.mean=channel", "data.divide_std=true", "checkpoint_every=100000",
 )  # fmt: skip
 SMALL = ("model.arch=alexnet-small", "model.options.init=kaiming")
 CONV_LOCAL = ("model.arch=conv-local",)
@@ -85,35 +95,23 @@ def _get(name: str) -> Experiment:
     return EXPERIMENTS[name]
 
 
-def _batches(store: Any, indices: np.ndarray, batch_size: int = 500):  # type: ignore[no-untyped-def]
-    import torch
-
+def _batches(store: Store, indices: np.ndarray, batch_size: int = 500) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for s in range(0, len(indices), batch_size):
         idx = indices[s : s + batch_size]
         yield torch.from_numpy(store.read(idx)).permute(0, 3, 1, 2), torch.from_numpy(store.labels[idx])
 
 
-def evaluate_run(run_dir: Path, splits: dict[str, Any], train_eval: int) -> dict[str, float]:
+def evaluate_run(run_dir: Path, splits: dict[str, Store], train_eval: int) -> dict[str, float]:
     """Top-1 error of the run's last checkpoint on the test split and on `train_eval` of the images it
     trained on (drawn from its `data.train_subset` when it used one)."""
-    import torch
-
-    from ..checkpoint import Preprocess, load_checkpoint, model_from_checkpoint
-    from ..evaluate import evaluate_batches
-    from ..transforms import eval_views
-
-    ckpt = load_checkpoint(run_dir / "last.pt")
-    model = model_from_checkpoint(ckpt)
-    views = eval_views(Preprocess.from_dict(ckpt["preprocess"]), ckpt.get("mean_image"), torch.device("cpu"), "center")
-    from ..data.loader import balanced_subset
-
+    predictor = Predictor.load(run_dir / "last.pt", device="cpu")
     train, test = splits["train"], splits.get("test") or splits.get("val")
-    subset_size = ckpt["train_state"]["config"]["data"].get("train_subset", 0)
+    subset_size = predictor.checkpoint["train_state"]["config"]["data"].get("train_subset", 0)
     pool = balanced_subset(train.labels, subset_size) if subset_size else np.arange(len(train))
     sample = np.sort(np.random.default_rng(0).choice(pool, min(train_eval, len(pool)), replace=False))
-    out = {}
+    out: dict[str, float] = {}
     for key, store, idx in (("test_error", test, np.arange(len(test))), ("train_error", train, sample)):
-        r = evaluate_batches(model, _batches(store, idx), views, train.num_classes, torch.device("cpu"))
+        r = evaluate_batches(predictor.model, _batches(store, idx), predictor.views(), train.num_classes, predictor.device)
         out[key] = r.top1_error
     out["gap"] = out["test_error"] - out["train_error"]
     out["train_images"] = len(sample)
@@ -151,11 +149,6 @@ def run_experiment(
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run every arm of experiment `name` with seeds 0..seeds-1 and write results.json, table.md, plot.png."""
-    from ..config import load_config
-    from ..data import open_dataset
-    from ..train import train
-    from ..train.rundir import RunDir
-
     exp = _get(name)
     if seeds < 1:
         raise ConfigError(f"seeds must be >= 1, got {seeds}")
@@ -203,8 +196,6 @@ def run_experiment(
         summary.update({f"epochs_to_{t}": _summary([r["epochs_to"][str(t)] for r in runs]) for t in THRESHOLDS})
         results["arms"][arm] = {"overrides": list(arm_over), "runs": runs, "summary": summary}
     results["paired"] = _paired(results)
-    from ..runtime import environment
-
     results["env"] = environment("cpu" if "device=cuda" not in " ".join(overrides) else "cuda")
     results["seconds"] = round(time.perf_counter() - t_all, 1)
     results["command"] = command or _command(name, data, out, seeds, epochs, max_steps, train_eval, overrides)
@@ -285,8 +276,6 @@ def format_table(results: dict[str, Any]) -> str:
 
 def plot_experiment(results: dict[str, Any], out: str | os.PathLike[str]) -> Path:
     """Left: running training error against epoch (mean over seeds per arm). Right: final errors, mean +- std."""
-    from ..figures import _plt, _save
-
     plt = _plt()
     fig, (ax_c, ax_b) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1.4, 1]})
     arms = results["arms"]

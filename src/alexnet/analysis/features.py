@@ -9,7 +9,7 @@
 
 The folder is built beside its destination and renamed into place at the end, so a killed
 extraction never leaves a folder that looks finished. The images go through the checkpoint's
-own preprocessing (`eval_views`), exactly as at validation during training.
+own preprocessing (inference.Predictor), exactly as at validation during training.
 """
 
 from __future__ import annotations
@@ -27,9 +27,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
 
+from ..data import Store
+from ..data.decode import BadImage
+from ..data.store import open_split, open_store
 from ..errors import ConfigError, DataError
+from ..inference import Predictor
+from ..progress import progress_bar
 
 FORMAT = "alexnet-features"
 VERSION = 1
@@ -62,10 +66,8 @@ class FeatureSet:
     def layer(self) -> str:
         return str(self.meta["layer"])
 
-    def open_store(self) -> Any:
+    def open_store(self) -> Store:
         """The store the features were taken from (for showing the images); a DataError if it moved."""
-        from ..data import open_store
-
         return open_store(self.meta["store"])
 
 
@@ -92,31 +94,6 @@ def open_features(path: str | os.PathLike[str]) -> FeatureSet:
     return FeatureSet(root, feats, labels, indices, meta)
 
 
-@torch.no_grad()
-def layer_features(model: nn.Module, views: Tensor, layer: str) -> Tensor:
-    """(B, V, C, H, W) normalized views -> (B, D) float32: the layer's activations, flattened, mean over V."""
-    from ..models import activations
-
-    b, v = views.shape[:2]
-    out = activations(model, views.reshape(b * v, *views.shape[2:]), [layer])[layer]
-    return out.reshape(b, v, -1).float().mean(dim=1)
-
-
-def _resolve_split(data: str | os.PathLike[str], split: str | None) -> tuple[Any, str]:
-    from ..data import open_dataset, open_store
-
-    path = Path(data)
-    if (path / "manifest.json").is_file():
-        if split not in (None, path.name):
-            raise ConfigError(f"{path} is one split ({path.name}); --split {split} does not apply")
-        return open_store(path), path.name
-    splits = open_dataset(path)
-    name = split or "train"  # the retrieval database of Fig. 4 is the training set
-    if name not in splits:
-        raise DataError(f"{path} has no split {name!r} (found: {', '.join(splits)})")
-    return splits[name], name
-
-
 def extract_features(
     checkpoint: str | os.PathLike[str],
     data: str | os.PathLike[str],
@@ -134,13 +111,10 @@ def extract_features(
 ) -> FeatureSet:
     """Write `layer`'s activations for every image of a store (or `limit` of them, drawn with seed 0).
 
-    `data` is a prepared dataset folder (then `split`, default "train") or one split's folder.
-    `views`: "center" (the checkpoint's centre crop) or "flip" (mean over it and its mirror).
+    `data` is a prepared dataset folder (then `split`, default "train": the retrieval database of
+    Fig. 4) or one split's folder. `views`: "center" (the checkpoint's centre crop) or "flip"
+    (mean over it and its mirror).
     """
-    from ..checkpoint import Preprocess, load_checkpoint, model_from_checkpoint
-    from ..runtime import resolve_device
-    from ..transforms import eval_views
-
     if dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if views not in FEATURE_VIEWS:
@@ -150,14 +124,9 @@ def extract_features(
     dest = Path(out)
     if dest.exists() and any(dest.iterdir()) and not overwrite:
         raise ConfigError(f"{dest} exists and is not empty; choose another --out or pass --overwrite")
-    store, split_name = _resolve_split(data, split)
-    ckpt = load_checkpoint(checkpoint)
-    pp = Preprocess.from_dict(ckpt["preprocess"])
-    if store.channels != pp.in_chans:
-        raise DataError(f"the store has {store.channels}-channel images, the model takes {pp.in_chans}")
-    dev = resolve_device(device)
-    model = model_from_checkpoint(ckpt).to(dev).eval()
-    make_views = eval_views(pp, ckpt.get("mean_image"), dev, views)
+    store = open_split(data, split, default=("train",))
+    predictor = Predictor.load(checkpoint, device=device)
+    predictor.check_store(store)
 
     n_all = len(store)
     if limit is not None and limit < 1:
@@ -168,18 +137,13 @@ def extract_features(
         indices = np.arange(n_all, dtype=np.int64)
     if len(indices) == 0:
         raise DataError(f"{store.path} is empty")
-    probe = layer_features(model, make_views(torch.from_numpy(store.read(indices[:1])).permute(0, 3, 1, 2).to(dev)), layer)
-    dim = probe.shape[1]
+    dim = predictor.features(store.read(indices[:1]), layer, views).shape[1]
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         feats = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=DTYPES[dtype], shape=(len(indices), dim))
-        bar = None
-        if progress:
-            from ..progress import progress_bar
-
-            bar = progress_bar(total=len(indices), unit="img", desc=f"features {layer}")
+        bar = progress_bar(total=len(indices), unit="img", desc=f"features {layer}") if progress else None
         t0 = time.perf_counter()
         starts = range(0, len(indices), batch_size)
         # Reading the next batch from the memory-mapped store overlaps with the forward pass.
@@ -189,8 +153,7 @@ def extract_features(
                 images = pending.result()
                 if s + batch_size < len(indices):
                     pending = pool.submit(store.read, indices[s + batch_size : s + 2 * batch_size])
-                x = torch.from_numpy(images).permute(0, 3, 1, 2).to(dev, non_blocking=True)
-                feats[s : s + len(images)] = layer_features(model, make_views(x), layer).cpu().numpy()
+                feats[s : s + len(images)] = predictor.features(images, layer, views).numpy()
                 if bar is not None:
                     bar.update(len(images))
         if bar is not None:
@@ -201,10 +164,10 @@ def extract_features(
         np.save(tmp / "indices.npy", indices.astype(np.int64))
         meta = {
             "format": FORMAT, "version": VERSION, "layer": layer, "dim": int(dim), "count": int(len(indices)),
-            "dtype": dtype, "views": views, "checkpoint": str(Path(checkpoint).resolve()), "arch": ckpt["arch"],
-            "store": str(Path(store.path).resolve()), "split": split_name, "store_size": n_all,
+            "dtype": dtype, "views": views, "checkpoint": str(Path(checkpoint).resolve()), "arch": predictor.arch,
+            "store": str(Path(store.path).resolve()), "split": store.path.name, "store_size": n_all,
             "class_names": list(store.class_names), "seconds": round(time.perf_counter() - t0, 3),
-            "device": str(dev),
+            "device": str(predictor.device),
         }  # fmt: skip
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
         if dest.exists():
@@ -228,18 +191,14 @@ def image_features(
 
     An unreadable file is a DataError naming it.
     """
-    from ..data.decode import BadImage
-    from ..predict import Predictor
-
-    pred = Predictor(checkpoint, device=device, views=views)
+    predictor = Predictor.load(checkpoint, device=device)
     images = []
     for p in paths:
         try:
-            images.append(pred.load(p))
+            images.append(predictor.read_image(p))
         except FileNotFoundError:
             raise DataError(f"query image not found: {p}") from None
         except (BadImage, OSError) as exc:
             raise DataError(f"query image {p} is not a readable image ({exc})") from None
     batch = torch.stack(images)
-    feats = layer_features(pred.model, pred.views(batch.to(pred.device)), layer)
-    return feats.cpu().numpy(), batch.numpy()
+    return predictor.features(batch, layer, views).numpy(), batch.numpy()

@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.augment import TrainTransform
+from ..config import DataConfig
 from ..data.decode import decode_image
 from ..data.loader import Loader
 from ..data.prepare import PrepareOptions, prepare
 from ..data.store import open_store
+from ..preprocess import TrainTransform
 from ..runtime import environment, tune_allocator
 from .timing import alternate
 
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         prepare_s = time.perf_counter() - t0
         store = open_store(work / "store" / "train")
         loader = Loader(store, args.batch_size, workers=0, seed=0, pin_memory=False)
-        transform = TrainTransform.from_store(store, crop=args.crop, mean="none", lighting=0.1)
+        transform = TrainTransform.for_training(store, DataConfig(crop=args.crop, mean="none", lighting=0.1))
         gen = torch.Generator().manual_seed(0)
         rng = np.random.default_rng(0)
         n_store = args.batch_size * min(args.store_batches, len(loader))

@@ -19,8 +19,12 @@ from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import profile
 
+from ..config import load_config
+from ..errors import ConfigError
 from ..runtime import environment
+from ..train.loop import Trainer
 
 PHASES = ("load", "augment", "forward", "backward", "optimizer")
 
@@ -48,10 +52,6 @@ def _lrn_backend(name: str) -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from ..config import load_config
-    from ..errors import ConfigError
-    from ..train.loop import Trainer
-
     if args.repeats < 1 or args.warmup < 0:
         raise ConfigError("--repeats must be >= 1 and --warmup >= 0")
     cfg = load_config(args.preset, None, list(args.overrides))
@@ -116,8 +116,6 @@ def _forever(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _profile(step: Any, k: int) -> list[dict[str, Any]]:
-    from torch.profiler import profile
-
     with profile() as prof:
         for i in range(5):
             step(k + 1 + i)

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from ..errors import ConfigError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="top-k classes of image files, with the checkpoint's test preprocessing")
@@ -21,12 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
-    from ..predict import Predictor
+    from ..inference import Predictor  # torch: imported when the command runs (cli/__init__.py)
 
     if args.topk < 1:
         raise ConfigError(f"--topk must be >= 1, got {args.topk}")
-    results = Predictor(args.checkpoint, device=args.device, views=args.views, model_parallel=args.model_parallel).predict(args.images, args.topk)
+    predictor = Predictor.load(args.checkpoint, device=args.device, model_parallel=args.model_parallel)
+    results = predictor.predict(args.images, args.topk, views=args.views)
     failed = [r for r in results if r.error]
     for r in failed:
         print(f"alexnet predict: error: {r.path}: {r.error}", file=sys.stderr)

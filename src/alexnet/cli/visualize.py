@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
-import numpy as np
+from ..errors import AlexNetError, ConfigError, DataError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,56 +50,39 @@ def _done(path: Path) -> int:
 
 
 def _kernels(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_checkpoint
-    from ..errors import CheckpointError
     from ..figures import conv1_kernels
+    from ..inference import Predictor
 
-    state = load_checkpoint(args.checkpoint)["state_dict"]
-    conv1 = next((v for key, v in state.items() if key.endswith("conv1.weight") or key == "features.0.weight"), None)
-    if conv1 is None:
-        raise CheckpointError(f"{args.checkpoint} has no conv1 weight")
-    towers = args.towers
-    if towers is None:  # conv2 sees conv1_out / groups maps per kernel: the paper's towers (section 3.2)
-        conv2 = next((v for key, v in state.items() if key.endswith("conv2.weight") or key == "features.3.weight"), None)
-        towers = conv1.shape[0] // conv2.shape[1] if conv2 is not None and conv1.shape[0] % conv2.shape[1] == 0 else 1
-    return _done(conv1_kernels(conv1, args.out, towers=towers))
+    weight, towers = Predictor.load(args.checkpoint, device="cpu").conv1()
+    return _done(conv1_kernels(weight, args.out, towers=args.towers or towers))
 
 
 def _neighbors(args: argparse.Namespace) -> int:
+    from ..analysis import neighbors
     from ..analysis.features import open_features
-    from ..analysis.retrieval import exact_search
-    from .neighbors import _grid, _queries
 
     fs = open_features(args.features)
-    queries, desc, images, exclude = _queries(args, fs)
-    found = exact_search(fs.features, queries, args.k, exclude=exclude)
-    _grid(args.out, fs, found.indices, desc, images)
-    return _done(Path(args.out))
+    if args.query:
+        queries = neighbors.image_queries(fs, args.query, args.checkpoint)
+    else:
+        queries = neighbors.feature_queries(fs, open_features(args.query_features), args.num_queries)
+    found = neighbors.search(fs, queries.vectors, args.k, exclude=queries.exclude)
+    return _done(neighbors.draw(args.out, fs, found, queries))
 
 
 def _predictions(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..errors import ConfigError
-    from ..evaluate import open_split, predict_probs
+    from ..data.store import open_split
     from ..figures import predictions_grid
-    from ..predict import Predictor
+    from ..inference import Predictor
 
     if args.count < 1:
         raise ConfigError(f"--count must be >= 1, got {args.count}")
-    store = open_split(args.data, args.split)
-    pred = Predictor(args.checkpoint, views="center")
-    idx = np.sort(np.random.default_rng(args.seed).choice(len(store), min(args.count, len(store)), replace=False))
-    images = store.read(idx)
-    probs = predict_probs(pred.model, pred.views(torch.from_numpy(images).permute(0, 3, 1, 2)))
-    values, indices = probs.topk(min(5, probs.shape[1]), dim=1)
-    top: list[Any] = [[(pred.class_names[j], p) for j, p in zip(i, v)] for i, v in zip(indices.tolist(), values.tolist())]
-    truth = [store.class_names[int(store.labels[i])] for i in idx]
-    return _done(predictions_grid(list(images), top, args.out, truth=truth))
+    predictor = Predictor.load(args.checkpoint, device="cpu")
+    images, top, truth = predictor.sample(open_split(args.data, args.split), args.count, seed=args.seed)
+    return _done(predictions_grid(images, top, args.out, truth=truth))
 
 
 def _curves(args: argparse.Namespace) -> int:
-    from ..errors import AlexNetError, DataError
     from ..figures import training_curves
     from ..train.rundir import RunDir
 

@@ -1,5 +1,7 @@
 """Augmentation and evaluation views as pure functions on batches (B, C, H, W), CPU or CUDA (PAPER.md section 4).
 
+preprocess.py composes them into the training transform and the evaluation views.
+
 Random draws come only from the torch.Generator passed in (drawn on the generator's device, in
 the order: row offsets, column offsets, flips, lighting), so a batch's augmentation is
 reproducible from the generator's state. Inputs may be uint8 (the store's pixels) or float;
@@ -8,17 +10,11 @@ crops keep the dtype, the arithmetic ones return float.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .stats import Stats
 
-MEAN_MODES = ("image", "channel", "none")
 PAD_MODES = ("reflect", "zeros")
 
 
@@ -85,15 +81,6 @@ def to_float_plus(x: torch.Tensor, offset: torch.Tensor | None = None) -> torch.
     return out if offset is None else per_channel_(out, offset, "add")
 
 
-def random_crop_flip(x: torch.Tensor, crop: int, generator: torch.Generator, pad: int = 0, *, flip: bool = True,
-                     pad_mode: str = "reflect") -> torch.Tensor:  # fmt: skip
-    """Random crop x crop patch of each image (after padding by `pad`), mirrored with probability 1/2."""
-    if pad:
-        x = pad_images(x, pad, pad_mode)
-    top, left, flips = crop_params(x.shape[0], x.shape[2], x.shape[3], crop, generator, flip)
-    return apply_crops(x, top, left, flips, crop)
-
-
 def pad_images(x: torch.Tensor, pad: int, mode: str = "reflect") -> torch.Tensor:
     if mode not in PAD_MODES:
         raise ConfigError(f"pad_mode must be one of {PAD_MODES}, got {mode!r}")
@@ -115,16 +102,6 @@ def lighting_offsets(batch: int, eigvals: torch.Tensor, eigvecs: torch.Tensor, s
     return (alpha * eigvals.clamp(min=0).sqrt()) @ eigvecs.T  # row b: sum_i alpha_bi sqrt(l_i) p_i
 
 
-def pca_lighting(x: torch.Tensor, eigvals: Any, eigvecs: Any, std: float = 0.1,
-                 generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
-    """Add a per-image RGB offset along the PCA basis (PAPER.md section 4) to every pixel; returns float32."""
-    if generator is None:
-        raise ConfigError("pca_lighting needs an explicit torch.Generator")
-    vals = torch.as_tensor(np.asarray(eigvals), dtype=torch.float32, device=x.device).reshape(-1)
-    vecs = torch.as_tensor(np.asarray(eigvecs), dtype=torch.float32, device=x.device).reshape(vals.numel(), vals.numel())
-    return to_float_plus(x, lighting_offsets(x.shape[0], vals, vecs, std, generator))
-
-
 def center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
     """The central crop x crop patch of each image (top/left rounded down), a view."""
     h, w = x.shape[-2:]
@@ -143,143 +120,3 @@ def ten_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
             x[..., h - crop :, w - crop :], center_crop(x, crop)]  # fmt: skip
     crops = torch.stack(five, dim=1)
     return torch.cat([crops, crops.flip(-1)], dim=1)
-
-
-def subtract_mean(x: torch.Tensor, mean: Any) -> torch.Tensor:
-    """x - mean as float32; mean (C,) per channel or (C, H, W) an image, center-cropped to x's size if larger."""
-    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device)
-    if m.dim() == 1:
-        m = m[:, None, None]
-    elif m.shape[-2:] != x.shape[-2:]:
-        m = center_crop(m, x.shape[-1]) if m.shape[-2] > x.shape[-2] else m
-        if m.shape[-2:] != x.shape[-2:]:
-            raise ConfigError(f"mean image {tuple(m.shape)} does not fit images {tuple(x.shape[-3:])}")
-    return torch.sub(x, m)
-
-
-# ---------------------------------------------------------------- configured pipelines
-
-
-@dataclass(frozen=True, eq=False)
-class _Normalizer:
-    stats: Stats
-    mean: str = "image"
-    divide_std: bool = False
-    dtype: torch.dtype = torch.float32
-    _cache: dict = field(default_factory=dict, repr=False, init=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.mean not in MEAN_MODES:
-            raise ConfigError(f"mean must be one of {MEAN_MODES}, got {self.mean!r}")
-        if not isinstance(self.divide_std, bool):
-            raise ConfigError(f"divide_std must be a bool, got {self.divide_std!r}")
-        if not self.dtype.is_floating_point:
-            raise ConfigError(f"dtype must be a floating type, got {self.dtype}")
-
-    def _tensors(self, device: torch.device) -> dict[str, torch.Tensor]:
-        key = str(device)
-        if key not in self._cache:
-            s = self.stats
-            t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32).to(device)  # noqa: E731
-            self._cache[key] = {
-                "mean_image": t(s.mean_image).permute(2, 0, 1),  # (C, H, W), channels-last like the store
-                "channel_mean": t(s.channel_mean), "inv_std": 1.0 / t(s.channel_std).clamp(min=1e-6),
-                "eigvals": t(s.eigvals), "eigvecs": t(s.eigvecs),
-            }  # fmt: skip
-        return self._cache[key]
-
-    def _finish(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-        if self.divide_std:
-            x = per_channel_(x, self._tensors(device)["inv_std"], "mul")
-        return x if x.dtype == self.dtype else x.to(self.dtype)
-
-
-@dataclass(frozen=True, eq=False)
-class TrainTransform(_Normalizer):
-    """uint8 store batch (B, C, S, S) -> float training batch: random crop + flip, PCA lighting, mean, std.
-
-    crop: output side (224 for the paper; e.g. 24-28 for 28 px data); pad: padding before the crop
-    (pad_mode "reflect" or "zeros"); flip: random mirror; lighting: std of alpha (0 disables);
-    mean: "image" (the paper), "channel" or "none"; divide_std: divide by the channel std.
-    """
-
-    crop: int = 224
-    pad: int = 0
-    pad_mode: str = "reflect"
-    flip: bool = True
-    lighting: float = 0.1
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.pad_mode not in PAD_MODES:
-            raise ConfigError(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
-        size = self.stats.mean_image.shape[0]
-        if not 1 <= self.crop <= size + 2 * self.pad:
-            raise ConfigError(f"crop {self.crop} must be in [1, store size {size} + 2 * pad {self.pad}]")
-        if self.lighting < 0:
-            raise ConfigError(f"lighting std must be >= 0, got {self.lighting}")
-
-    @classmethod
-    def from_store(cls, store: Any, **options: Any) -> TrainTransform:
-        return cls(stats=store.stats, **options)
-
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        t = self._tensors(x.device)
-        b, c, h, w = x.shape
-        mean_img = t["mean_image"]
-        if self.pad:
-            x = pad_images(x, self.pad, self.pad_mode)
-            mean_img = pad_images(mean_img[None], self.pad, self.pad_mode)[0]
-        top, left, flips = crop_params(b, x.shape[2], x.shape[3], self.crop, generator, self.flip)
-        crops = apply_crops(x, top, left, flips, self.crop)
-        offset = None
-        if self.lighting:
-            offset = lighting_offsets(b, t["eigvals"], t["eigvecs"], self.lighting, generator).to(x.device)
-        if self.mean == "channel":
-            offset = -t["channel_mean"].expand(b, c) if offset is None else offset - t["channel_mean"]
-        out = to_float_plus(crops, offset)
-        if self.mean == "image":
-            # the paper subtracts the mean image from the 256 image, so each crop loses its own patch of it
-            out.sub_(apply_crops(mean_img.expand(b, -1, -1, -1), top, left, flips, self.crop))
-        return self._finish(out, x.device)
-
-
-@dataclass(frozen=True, eq=False)
-class EvalTransform(_Normalizer):
-    """uint8 store batch -> float evaluation batch: center crop (`__call__`), ten crops, or center + mirror."""
-
-    crop: int = 224
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        size = self.stats.mean_image.shape[0]
-        if not 1 <= self.crop <= size:
-            raise ConfigError(f"crop {self.crop} must be in [1, store size {size}]")
-
-    @classmethod
-    def from_store(cls, store: Any, **options: Any) -> EvalTransform:
-        return cls(stats=store.stats, **options)
-
-    def _centered(self, x: torch.Tensor) -> torch.Tensor:
-        t = self._tensors(x.device)
-        if self.mean == "image":
-            return subtract_mean(x, t["mean_image"])
-        if self.mean == "channel":
-            return subtract_mean(x, t["channel_mean"])
-        return x.to(torch.float32)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, S, S) -> (B, C, crop, crop) from the center."""
-        return self._finish(self._centered(center_crop(x, self.crop)).contiguous(), x.device)
-
-    def ten_crop(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, S, S) -> (B, 10, C, crop, crop): 4 corners + center and their mirrors (PAPER.md section 4)."""
-        out = ten_crop(self._centered(x), self.crop)
-        if self.divide_std:
-            out = out * self._tensors(x.device)["inv_std"][:, None, None]
-        return out if out.dtype == self.dtype else out.to(self.dtype)
-
-    def flips(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, S, S) -> (B, 2, C, crop, crop): the center crop and its mirror."""
-        c = self(x)
-        return torch.stack([c, c.flip(-1)], dim=1)

@@ -286,4 +286,5 @@ def open_split(path: str | os.PathLike[str], split: str | None = None, default: 
     for name in [split] if split else default:
         if name in splits:
             return splits[name]
-    raise DataError(f"{root} has no split {split or ' or '.join(default)} (found: {', '.join(splits)})")
+    wanted = repr(split) if split else " or ".join(map(repr, default))
+    raise DataError(f"{root} has no split {wanted} (found: {', '.join(splits)})")

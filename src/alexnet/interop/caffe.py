@@ -24,8 +24,8 @@ That is the paper's order (LRN before pool), so it loads into the grouped `alexn
   (The hand-written TF port myalexnet_forward.py runs conv1 with padding="SAME", 57x57 maps,
   which is not the network the weights were trained in; we follow Caffe.)
 - preprocessing: Caffe resized to 256, cropped 227, kept 0-255 values in BGR order and
-  subtracted the mean image; we record the per-channel mean of Caffe's ilsvrc_2012_mean
-  (B 104.007, G 116.669, R 122.679), the form Caffe's own classification example uses.
+  subtracted the mean image; `preprocess.CAFFE_BVLC` records the per-channel mean of Caffe's
+  ilsvrc_2012_mean, the form Caffe's own classification example uses.
 
 Loading never runs pickled code: np.load(allow_pickle=True) would execute whatever the
 pickle names, so the .npy header is parsed with numpy's header reader and the payload with
@@ -45,14 +45,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..checkpoint import Preprocess
 from ..errors import CheckpointError
 from ..files import load_array_pickle
 
-# Caffe ilsvrc_2012_mean.npy averaged over pixels, BGR (Caffe's classification example).
-CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
-BVLC_PREPROCESS = Preprocess(resize=256, crop=227, in_chans=3, scale=1.0, mean=CAFFE_MEAN_BGR, std=None,
-                             channel_order="BGR")  # fmt: skip
 # create_model("alexnet", **BVLC_MODEL_OPTIONS) is the bvlc_alexnet network.
 BVLC_MODEL_OPTIONS: dict[str, Any] = dict(
     input_size=227, lrn_convention="per-term", lrn_size=5, lrn_alpha=1e-4, lrn_beta=0.75, lrn_k=1.0

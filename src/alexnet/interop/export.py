@@ -26,9 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import Preprocess, load_checkpoint, model_from_checkpoint
+from ..checkpoint import load_checkpoint, model_from_checkpoint, preprocess_of
 from ..errors import AlexNetError, CheckpointError, ConfigError
 from ..models import LocalResponseNorm, create_model
+from ..preprocess import Preprocess
 
 FORMATS = ("onnx", "safetensors", "torchscript", "caffe-npy")
 SAFETENSORS_FORMAT = "alexnet-safetensors"
@@ -244,7 +245,7 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], fmt: str, out: str | o
         path = save_npy_object(state_dict_to_bvlc(model_from_checkpoint(ckpt).state_dict()), out)
         return ExportResult("caffe-npy", str(path), path.stat().st_size)
     model = model_from_checkpoint(ckpt).eval()
-    pp = Preprocess.from_dict(ckpt["preprocess"])
+    pp = preprocess_of(ckpt)
     if fmt == "onnx":
         return export_onnx(model, out, input_size=pp.crop, in_chans=pp.in_chans, opset=opset, check=check, preprocess=pp)
     return export_torchscript(model, out, input_size=pp.crop, in_chans=pp.in_chans, check=check, preprocess=pp)

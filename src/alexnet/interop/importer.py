@@ -15,14 +15,15 @@ from typing import Any
 
 from torch import nn
 
-from ..checkpoint import Preprocess, save_checkpoint
+from ..checkpoint import save_checkpoint
 from ..errors import CheckpointError, ConfigError
 from ..files import sha256_file
 from ..models import empty_model
-from .caffe import BVLC_MODEL_OPTIONS, BVLC_PREPROCESS, load_bvlc_npy
+from ..preprocess import CAFFE_BVLC, TORCHVISION, Preprocess
+from .caffe import BVLC_MODEL_OPTIONS, load_bvlc_npy
 from .classes import class_names_for
 from .download import KNOWN_WEIGHTS, fetch, is_url
-from .torchvision import TORCHVISION_PREPROCESS, owt_from_state_dict, read_torch_weights
+from .torchvision import owt_from_state_dict, read_torch_weights
 
 FORMATS = ("torchvision", "caffe-npy")
 
@@ -52,7 +53,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     raise CheckpointError(f"{path}: unknown weights format (not a .npy or a torch.save file); pass --format")
 
 
-def resolve_source(source: str, cache: str | os.PathLike[str] | None = None) -> tuple[Path, str | None]:
+def locate_weights(source: str, cache: str | os.PathLike[str] | None = None) -> tuple[Path, str | None]:
     """(local path, format if known) for a known name, a URL or a path; downloads when needed."""
     if source in KNOWN_WEIGHTS:
         known = KNOWN_WEIGHTS[source]
@@ -68,12 +69,12 @@ def resolve_source(source: str, cache: str | os.PathLike[str] | None = None) -> 
 def convert(path: str | os.PathLike[str], fmt: str) -> tuple[nn.Module, Preprocess]:
     """Weights file -> (model with the weights, the preprocessing they were trained with)."""
     if fmt == "torchvision":
-        return owt_from_state_dict(read_torch_weights(path)), TORCHVISION_PREPROCESS
+        return owt_from_state_dict(read_torch_weights(path)), TORCHVISION
     if fmt == "caffe-npy":
         sd = load_bvlc_npy(path)
         model = empty_model("alexnet", num_classes=int(sd["classifier.fc8.bias"].shape[0]), **BVLC_MODEL_OPTIONS)
         model.load_state_dict(sd, strict=True)
-        return model, BVLC_PREPROCESS
+        return model, CAFFE_BVLC
     raise ConfigError(f"unknown weights format {fmt!r}; choose one of {FORMATS}")
 
 
@@ -82,7 +83,7 @@ def import_weights(source: str, out: str | os.PathLike[str], *, format: str | No
     """Convert published weights to an alexnet checkpoint at `out` (model, preprocessing, class names)."""
     if format is not None and format not in FORMATS:
         raise ConfigError(f"unknown weights format {format!r}; choose one of {FORMATS}")
-    path, known_fmt = resolve_source(source, cache)
+    path, known_fmt = locate_weights(source, cache)
     fmt = format or known_fmt or detect_format(path)
     model, preprocess = convert(path, fmt)
     digest = sha256_file(path)

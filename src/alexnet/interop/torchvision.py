@@ -1,9 +1,8 @@
 """torchvision's AlexNet weights (`alexnet-owt-*.pth`) into our `alexnet-owt`, without torchvision.
 
 The file is a plain state_dict saved with torch.save; our `alexnet-owt` keeps torchvision's
-module indices, so it loads with strict=True. torchvision's transforms for these weights
-(AlexNet_Weights.IMAGENET1K_V1): resize the short side to 256, centre crop 224, scale to
-0-1, normalize with the ImageNet mean and std, RGB.
+module indices, so it loads with strict=True. The preprocessing these weights were trained with
+is `preprocess.TORCHVISION`.
 """
 
 from __future__ import annotations
@@ -14,15 +13,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import Preprocess
 from ..errors import CheckpointError
 from ..models import empty_model
-
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-TORCHVISION_PREPROCESS = Preprocess(resize=256, crop=224, in_chans=3, scale=1 / 255, mean=IMAGENET_MEAN,
-                                    std=IMAGENET_STD, channel_order="RGB")  # fmt: skip
 
 
 def read_torch_weights(path: str | os.PathLike[str]) -> dict[str, Tensor]:

@@ -3,13 +3,14 @@
 from . import alexnet as _alexnet  # noqa: F401  (registers alexnet, alexnet-1gpu, caffenet, alexnet-small)
 from . import convlocal as _convlocal  # noqa: F401  (registers conv-local)
 from . import owt as _owt  # noqa: F401  (registers alexnet-owt)
-from .activations import activations, layer_names, paper_layers
+from .activations import activations, conv1_weight, layer_names, paper_layers, towers
 from .lrn import LocalResponseNorm, local_response_norm
 from .registry import create_model, empty_model, list_models, model_entry
 
 __all__ = [
     "LocalResponseNorm",
     "activations",
+    "conv1_weight",
     "create_model",
     "empty_model",
     "layer_names",
@@ -17,4 +18,5 @@ __all__ = [
     "local_response_norm",
     "model_entry",
     "paper_layers",
+    "towers",
 ]

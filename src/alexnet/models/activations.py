@@ -64,3 +64,21 @@ def activations(model: nn.Module, x: Tensor, layers: Sequence[str]) -> dict[str,
         for h in handles:
             h.remove()
     return found
+
+
+def conv1_weight(model: nn.Module) -> Tensor:
+    """The image layer's kernels (K, C, kh, kw): the first convolution of the model."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.weight
+    raise ConfigError(f"{type(model).__name__} has no convolution layer")
+
+
+def towers(model: nn.Module) -> int:
+    """How many towers conv1's kernels feed (section 3.2): the groups of the next convolution, 1 if none.
+
+    conv2 sees conv1_maps / groups maps per kernel, so with groups=2 kernels [0, K/2) feed tower 1
+    and [K/2, K) tower 2, the halves the paper's Fig. 3 shows apart.
+    """
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return convs[1].groups if len(convs) > 1 else 1

@@ -1,29 +1,28 @@
-"""The paper's network (PAPER.md section 3) and the variants built from the same parts.
+"""The paper's network (PAPER.md section 3), and the variants that differ from it only in settings.
 
-    input (N, 3, 224 or 227, ...)
-    conv1  96 x 11x11/4          -> (N,  96, 55, 55)   ReLU, LRN, max-pool 3x3/2 -> 27x27
-    conv2 256 x  5x5 pad 2, g=2  -> (N, 256, 27, 27)   ReLU, LRN, max-pool 3x3/2 -> 13x13
-    conv3 384 x  3x3 pad 1       -> (N, 384, 13, 13)   ReLU            (both towers)
-    conv4 384 x  3x3 pad 1, g=2  -> (N, 384, 13, 13)   ReLU
-    conv5 256 x  3x3 pad 1, g=2  -> (N, 256, 13, 13)   ReLU, max-pool 3x3/2 -> 6x6
-    fc6 9216 -> 4096, ReLU, dropout 0.5
-    fc7 4096 -> 4096, ReLU, dropout 0.5
-    fc8 4096 -> num_classes
+Read `AlexNet.__init__` top to bottom: the layers as the paper lists them, with the paper net's
+tensor shapes. Each registered variant is one frozen `AlexNetConfig`:
 
-224 or 227: conv1 has no padding, so 227 gives (227-11)/4+1 = 55 exactly. A 224 input would
-give 54; as cuda-convnet2 does (its output size is rounded up), the input is zero-padded on
-the right and bottom only, by 3 pixels, so 224 also reaches 55x55 and then 6x6x256 after
-pool5. The padding is computed for any size: a side s is padded to the next s' with
-(s' - 11) divisible by 4.
+    alexnet       the paper: two towers (groups=2 on conv2, conv4, conv5), LRN, 3x3/2 pooling
+    alexnet-1gpu  the same without groups (the one-GPU retelling)
+    caffenet      Caffe's CaffeNet: pool before LRN, Caffe's LRN constants, 227 input
+    alexnet-small the same topology for 28-32 px images (Fashion-MNIST, CIFAR-10)
 
-Groups: conv2, conv4 and conv5 see only their own tower's maps (groups=2), which is exactly
-the paper's two-GPU connectivity (section 3.2); `alexnet-1gpu` removes the groups.
+224 or 227: conv1 has no padding, so 227 gives (227 - 11) / 4 + 1 = 55 exactly. A 224 input
+would give 54; as cuda-convnet2 does (its output size is rounded up), the input is zero-padded
+on the right and bottom only, by 3 pixels, so 224 also reaches 55x55 and 6x6x256 after pool5.
+
+Groups: conv2, conv4 and conv5 see only their own tower's maps, which is exactly the paper's
+two-GPU connectivity (section 3.2); parallel/model_parallel.py places the towers on two devices.
+
+`Conv2d`, `Linear` and `Dropout` are torch's layers (same parameters, same state-dict keys) with
+CPU fast paths that layers.py chooses in one place; elsewhere they are plain torch ops.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -40,124 +39,126 @@ CONV_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5")
 LRN_POSITIONS = ("before-pool", "after-pool")
 
 
-def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
+@dataclass(frozen=True)
+class AlexNetConfig:
+    num_classes: int = 1000
+    in_chans: int = 3
+    input_size: int = 224  # 224 (zero-padded to 227, see above) or 227
+    widths: tuple[int, ...] = (96, 256, 384, 384, 256)  # conv1..conv5 kernels
+    kernels: tuple[int, ...] = (11, 5, 3, 3, 3)
+    strides: tuple[int, ...] = (4, 1, 1, 1, 1)
+    paddings: tuple[int, ...] = (0, 2, 1, 1, 1)
+    groups: tuple[int, ...] = (1, 2, 1, 2, 2)  # the two towers (section 3.2)
+    pool_paddings: tuple[int, ...] = (0, 0, 0)  # pool1, pool2, pool5
+    fc: tuple[int, ...] = (4096, 4096)  # the hidden fc layers: fc6, fc7
+    activation: str = "relu"  # "tanh" for the section 3.1 comparison
+    lrn: bool = True  # after conv1 and conv2 (section 3.3)
+    lrn_position: str = "before-pool"  # the paper's conv -> ReLU -> LRN -> pool; CaffeNet pools first
+    lrn_convention: str = "paper"  # alpha on the plain sum; "per-term" = alpha/n (cuda-convnet, Caffe, torch)
+    lrn_size: int = 5
+    lrn_alpha: float = 1e-4
+    lrn_beta: float = 0.75
+    lrn_k: float = 2.0
+    pooling: str = "overlap"  # 3x3/2; "non-overlap" = 2x2/2 (section 3.4)
+    dropout: float = 0.5  # on fc6 and fc7 (section 4.2)
+    drop_layer: str | None = None  # "conv2".."conv5": the depth ablation of section 7
+    init: str = "paper"  # N(0, 0.01), bias 1 on conv2, conv4, conv5, fc6, fc7 (section 5)
+
+    def __post_init__(self) -> None:
+        for name in ("widths", "kernels", "strides", "paddings", "groups", "pool_paddings", "fc"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))  # YAML and checkpoints give lists
+        per_conv = ("widths", "kernels", "strides", "paddings", "groups")
+        if any(len(getattr(self, n)) != 5 for n in per_conv) or len(self.pool_paddings) != 3 or not self.fc:
+            raise ConfigError(f"need 5 conv widths/kernels/strides/paddings/groups, 3 pool paddings and >= 1 fc width, "
+                              f"got widths {self.widths} and fc {self.fc}")  # fmt: skip
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.in_chans < 1:
+            raise ConfigError(f"in_chans must be >= 1, got {self.in_chans}")
+        if self.lrn_position not in LRN_POSITIONS:
+            raise ConfigError(f"unknown lrn_position {self.lrn_position!r}; choose one of {LRN_POSITIONS}")
+        if self.drop_layer is not None and self.drop_layer not in CONV_NAMES[1:]:
+            raise ConfigError(f"drop_layer must be one of {CONV_NAMES[1:]} or None, got {self.drop_layer!r}")
+        for name, cin, cout, g in zip(CONV_NAMES, self.conv_inputs(), self.widths, self.groups):
+            if name != self.drop_layer and (cin % g or cout % g):
+                raise ConfigError(f"{name}: {cin}->{cout} channels not divisible by groups={g}")
+
+    def conv_inputs(self) -> list[int]:
+        """Input channels of conv1..conv5: a dropped layer's successor reads its predecessor's maps."""
+        ins, channels = [], self.in_chans
+        for name, width in zip(CONV_NAMES, self.widths):
+            ins.append(channels)
+            if name != self.drop_layer:
+                channels = width
+        return ins
+
+
+def tile_pad(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Right/bottom zero padding that makes conv1 tile a `size` input exactly (224 -> 227)."""
+    if padding:
+        return 0
+    return (stride - (size - kernel) % stride) % stride
 
 
 class AlexNet(nn.Module):
-    """Five conv layers (LRN after the first two, max-pool after conv1, conv2, conv5), three fc layers.
+    """Module names follow the paper: `features.conv1`, `features.norm1`, `features.pool1`, ...,
+    `classifier.fc6`, ..., `classifier.fc8`; the paper net's shapes in the comments."""
 
-    All sizes are arguments so the paper net, its one-GPU retelling, CaffeNet and the
-    small-image net share one definition. Module names follow the paper: `features.conv1`,
-    `features.norm1`, `features.pool1`, ..., `classifier.fc6`, ..., `classifier.fc8`.
-    """
-
-    def __init__(
-        self,
-        *,
-        num_classes: int,
-        in_chans: int,
-        widths: Sequence[int],
-        kernels: Sequence[int],
-        strides: Sequence[int],
-        paddings: Sequence[int],
-        groups: Sequence[int],
-        fc: Sequence[int],
-        pool_paddings: Sequence[int],
-        input_size: int,
-        activation: str,
-        lrn: bool,
-        lrn_convention: str,
-        lrn_size: int,
-        lrn_alpha: float,
-        lrn_beta: float,
-        lrn_k: float,
-        lrn_position: str,
-        pooling: str,
-        dropout: float,
-        drop_layer: str | None,
-        init: str,
-    ) -> None:
+    def __init__(self, cfg: AlexNetConfig) -> None:
         super().__init__()
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
-        if in_chans < 1:
-            raise ConfigError(f"in_chans must be >= 1, got {in_chans}")
-        if lrn_position not in LRN_POSITIONS:
-            raise ConfigError(f"unknown lrn_position {lrn_position!r}; choose one of {LRN_POSITIONS}")
-        droppable = CONV_NAMES[1:]
-        if drop_layer is not None and drop_layer not in droppable:
-            raise ConfigError(f"drop_layer must be one of {droppable} or None, got {drop_layer!r}")
-        self.input_size = input_size
-        self.conv1_kernel, self.conv1_stride, self.conv1_padding = kernels[0], strides[0], paddings[0]
-        # Which conv layers a pool (and LRN) follows: conv1, conv2 and conv5 (pool) / conv1, conv2 (LRN).
-        pool_after = {"conv1": pool_paddings[0], "conv2": pool_paddings[1], "conv5": pool_paddings[2]}
-        norm_after = {"conv1", "conv2"} if lrn else set()
+        self.cfg = c = cfg
+        i1, i2, i3, i4, i5 = c.conv_inputs()
 
-        layers: OrderedDict[str, nn.Module] = OrderedDict()
-        channels, size = in_chans, input_size
-        size = size + self._tile_pad(size)
-        for i, name in enumerate(CONV_NAMES):
-            idx = name[-1]
-            if name != drop_layer:
-                if channels % groups[i] or widths[i] % groups[i]:
-                    raise ConfigError(f"{name}: {channels}->{widths[i]} channels not divisible by groups={groups[i]}")
-                # The image layer of an ImageNet-size net takes its weight gradient in slices of
-                # 64 images (layers.Conv2d: oneDNN's fast kernel for it stops at ~100).
-                chunk = IMAGE_LAYER_WEIGHT_GRAD_CHUNK if i == 0 and input_size >= 128 else None
-                layers[name] = Conv2d(
-                    channels, widths[i], kernels[i], strides[i], paddings[i], groups=groups[i], weight_grad_chunk=chunk
-                )
-                layers[f"act{idx}"] = make_activation(activation)
-                channels, size = widths[i], _conv_out(size, kernels[i], strides[i], paddings[i])
-            # A dropped layer keeps its LRN and pool, so the spatial sizes downstream do not change.
-            norm = (
-                LocalResponseNorm(lrn_size, lrn_alpha, lrn_beta, lrn_k, convention=lrn_convention)
-                if name in norm_after
-                else None
-            )
-            if norm is not None and lrn_position == "before-pool":
-                layers[f"norm{idx}"] = norm
-            if name in pool_after:
-                pool = make_pool(pooling, padding=pool_after[name])
-                layers[f"pool{idx}"] = pool
-                k, s, p = pool.kernel_size, pool.stride, pool.padding
-                size = _conv_out(size, k, s, p)  # type: ignore[arg-type]
-            if norm is not None and lrn_position == "after-pool":
-                layers[f"norm{idx}"] = norm
-        if size < 1:
-            raise ConfigError(f"input size {input_size} is too small for this network")
-        self.features = nn.Sequential(layers)
-        self.feature_shape = (channels, size, size)  # (256, 6, 6) for the paper net
+        def conv(idx: int, cin: int, weight_grad_chunk: int | None = None) -> Conv2d:
+            k = idx - 1
+            return Conv2d(cin, c.widths[k], c.kernels[k], c.strides[k], c.paddings[k], groups=c.groups[k],
+                          weight_grad_chunk=weight_grad_chunk)  # fmt: skip
 
-        head: OrderedDict[str, nn.Module] = OrderedDict()
-        width = channels * size * size
-        for i, hidden in enumerate(fc):
-            idx = 6 + i
-            head[f"fc{idx}"] = Linear(width, hidden)
-            head[f"act{idx}"] = make_activation(activation)
-            if dropout > 0:
-                head[f"drop{idx}"] = Dropout(dropout)  # inverted dropout == the paper's x0.5 at test
+        def norm_and_pool(idx: int, pool_padding: int) -> list[tuple[str, nn.Module]]:
+            pool = (f"pool{idx}", make_pool(c.pooling, padding=pool_padding))
+            if not c.lrn or idx == 5:
+                return [pool]
+            norm = (f"norm{idx}", LocalResponseNorm(c.lrn_size, c.lrn_alpha, c.lrn_beta, c.lrn_k, c.lrn_convention))
+            return [norm, pool] if c.lrn_position == "before-pool" else [pool, norm]
+
+        # ImageNet-size nets take conv1's weight gradient in slices (layers.Conv2d says why).
+        chunk = IMAGE_LAYER_WEIGHT_GRAD_CHUNK if c.input_size >= 128 else None
+        layers = [                                                        # x: (B, 3, 227, 227)
+            ("conv1", conv(1, i1, chunk)), ("act1", make_activation(c.activation)),  # (B, 96, 55, 55)
+            *norm_and_pool(1, c.pool_paddings[0]),                        # (B, 96, 27, 27)
+            ("conv2", conv(2, i2)), ("act2", make_activation(c.activation)),  # (B, 256, 27, 27), 2 towers
+            *norm_and_pool(2, c.pool_paddings[1]),                        # (B, 256, 13, 13)
+            ("conv3", conv(3, i3)), ("act3", make_activation(c.activation)),  # (B, 384, 13, 13), both towers
+            ("conv4", conv(4, i4)), ("act4", make_activation(c.activation)),  # (B, 384, 13, 13), 2 towers
+            ("conv5", conv(5, i5)), ("act5", make_activation(c.activation)),  # (B, 256, 13, 13), 2 towers
+            *norm_and_pool(5, c.pool_paddings[2]),                        # (B, 256, 6, 6)
+        ]  # fmt: skip
+        # A dropped layer (section 7) keeps its LRN and pool, so the sizes downstream do not change.
+        dropped = {c.drop_layer, c.drop_layer and c.drop_layer.replace("conv", "act")}
+        self.features = nn.Sequential(OrderedDict((n, m) for n, m in layers if n not in dropped))
+        self.feature_shape = _output_shape(self.features, c)  # (256, 6, 6)
+
+        width = self.feature_shape[0] * self.feature_shape[1] * self.feature_shape[2]  # 9216
+        head: list[tuple[str, nn.Module]] = []
+        for n, hidden in enumerate(c.fc, start=6):  # fc6, fc7: 4096, ReLU, dropout 0.5
+            head += [(f"fc{n}", Linear(width, hidden)), (f"act{n}", make_activation(c.activation))]
+            if c.dropout > 0:
+                head.append((f"drop{n}", Dropout(c.dropout)))  # inverted dropout == the paper's x0.5 at test
             width = hidden
-        head[f"fc{6 + len(fc)}"] = Linear(width, num_classes)
-        self.classifier = nn.Sequential(head)
-        self.num_classes = num_classes
+        head.append((f"fc{6 + len(c.fc)}", Linear(width, c.num_classes)))  # fc8: (B, 1000)
+        self.classifier = nn.Sequential(OrderedDict(head))
 
-        bias_one = {"conv2", "conv4", "conv5"} | {f"fc{6 + i}" for i in range(len(fc))}
-        init_weights(self, init, bias_one=bias_one)
-
-    def _tile_pad(self, size: int) -> int:
-        """Right/bottom zero padding that makes conv1 tile the input exactly (224 -> 227)."""
-        if self.conv1_padding:
-            return 0
-        rem = (size - self.conv1_kernel) % self.conv1_stride
-        return (self.conv1_stride - rem) % self.conv1_stride
+        self.num_classes, self.input_size = c.num_classes, c.input_size
+        bias_one = {"conv2", "conv4", "conv5"} | {f"fc{6 + i}" for i in range(len(c.fc))}
+        init_weights(self, c.init, bias_one=bias_one)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """(N, C, H, W) image batch -> pool5 maps, (N, 256, 6, 6) for the paper net."""
-        ph, pw = self._tile_pad(x.shape[-2]), self._tile_pad(x.shape[-1])
+        """(B, C, H, W) image batch -> pool5 maps, (B, 256, 6, 6) for the paper net."""
+        c = self.cfg
+        ph = tile_pad(x.shape[-2], c.kernels[0], c.strides[0], c.paddings[0])
+        pw = tile_pad(x.shape[-1], c.kernels[0], c.strides[0], c.paddings[0])
         if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph))
+            x = F.pad(x, (0, pw, 0, ph))  # 224 -> 227
         return self.features(x)
 
     def forward_head(self, x: Tensor) -> Tensor:
@@ -167,70 +168,50 @@ class AlexNet(nn.Module):
                 f"expected pool5 maps of shape {self.feature_shape}, got {tuple(x.shape[1:])}: "
                 f"this model takes {self.input_size}x{self.input_size} inputs"
             )
-        return self.classifier(torch.flatten(x, 1))
+        return self.classifier(torch.flatten(x, 1))  # (B, 9216)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
 
 
-# Options every variant of this family takes, with the paper's values (section 3).
-PAPER_OPTIONS: dict[str, Any] = dict(
-    num_classes=1000,
-    in_chans=3,
-    activation="relu",  # "tanh" for the section 3.1 comparison
-    lrn=True,
-    lrn_convention="paper",  # alpha on the plain sum; "per-term" = alpha/n (cuda-convnet, Caffe, torch)
-    lrn_size=5,
-    lrn_alpha=1e-4,
-    lrn_beta=0.75,
-    lrn_k=2.0,
-    pooling="overlap",  # 3x3/2; "non-overlap" = 2x2/2 (section 3.4)
-    dropout=0.5,
-    drop_layer=None,  # "conv2".."conv5": the depth ablation of section 7
-    init="paper",
-    input_size=224,
-)
-PAPER_SPEC: dict[str, Any] = dict(
-    widths=(96, 256, 384, 384, 256),
-    kernels=(11, 5, 3, 3, 3),
-    strides=(4, 1, 1, 1, 1),
-    paddings=(0, 2, 1, 1, 1),
-    groups=(1, 2, 1, 2, 2),
-    fc=(4096, 4096),
-    pool_paddings=(0, 0, 0),
-)
-# For 28-32 px images: conv1 5x5/1, conv2 5x5 g=2, conv3-5 3x3 (g=2 on 4, 5); pools 3x3/2, the
-# first two padded by 1, take 28 -> 14 -> 7 -> 3 and 32 -> 16 -> 8 -> 3.
-SMALL_SPEC: dict[str, Any] = dict(
-    kernels=(5, 5, 3, 3, 3), strides=(1, 1, 1, 1, 1), paddings=(2, 2, 1, 1, 1), groups=(1, 2, 1, 2, 2),
-    pool_paddings=(1, 1, 0),
-)
+def _output_shape(features: nn.Sequential, c: AlexNetConfig) -> tuple[int, int, int]:
+    """(C, H, W) of the maps `features` gives for a c.input_size input (after conv1's tile padding)."""
+    size = c.input_size + tile_pad(c.input_size, c.kernels[0], c.strides[0], c.paddings[0])
+    channels = c.in_chans
+    for m in features:
+        if isinstance(m, nn.Conv2d):
+            channels = m.out_channels
+            size = (size + 2 * m.padding[0] - m.kernel_size[0]) // m.stride[0] + 1  # type: ignore[operator]
+        elif isinstance(m, nn.MaxPool2d):
+            size = (size + 2 * int(m.padding) - int(m.kernel_size)) // int(m.stride) + 1  # type: ignore[arg-type]
+    if size < 1:
+        raise ConfigError(f"input size {c.input_size} is too small for this network")
+    return channels, size, size
 
 
-def _family(spec: dict[str, Any], lrn_position: str = "before-pool") -> Callable[..., AlexNet]:
-    def build(**options: Any) -> AlexNet:
-        merged = {**spec, **options}
-        merged["widths"], merged["fc"] = tuple(merged["widths"]), tuple(merged["fc"])
-        if len(merged["widths"]) != 5 or len(merged["fc"]) < 1:
-            raise ConfigError(f"need 5 conv widths and >= 1 fc width, got {merged['widths']} and {merged['fc']}")
-        return AlexNet(lrn_position=lrn_position, **merged)
+PAPER = AlexNetConfig()
+ONE_GPU = replace(PAPER, groups=(1, 1, 1, 1, 1))
+CAFFENET = replace(PAPER, lrn_position="after-pool", lrn_convention="per-term", lrn_k=1.0, input_size=227)
+# 28-32 px images: conv1 5x5/1 and padded pools take 28 -> 14 -> 7 -> 3 and 32 -> 16 -> 8 -> 3.
+SMALL = replace(PAPER, num_classes=10, in_chans=1, input_size=28, widths=(64, 128, 192, 192, 128), kernels=(5, 5, 3, 3, 3),
+                strides=(1, 1, 1, 1, 1), paddings=(2, 2, 1, 1, 1), pool_paddings=(1, 1, 0), fc=(512, 512))  # fmt: skip
 
-    return build
+# What create_model(name, **options) may change; every other field is the variant's own.
+OPTIONS = ("num_classes", "in_chans", "activation", "lrn", "lrn_convention", "lrn_size", "lrn_alpha", "lrn_beta",
+           "lrn_k", "pooling", "dropout", "drop_layer", "init", "input_size")  # fmt: skip
 
 
-register_model(
-    "alexnet", "the paper's two-tower net (groups=2 on conv2/4/5), LRN, 3x3/2 pooling; 60,965,224 params",
-    PAPER_OPTIONS,
-)(_family(PAPER_SPEC))
-register_model(
-    "alexnet-1gpu", "the paper's net without groups (the one-GPU retelling); 62,378,344 params", PAPER_OPTIONS
-)(_family({**PAPER_SPEC, "groups": (1, 1, 1, 1, 1)}))
-register_model(
-    "caffenet", "Caffe's CaffeNet: pool before LRN, Caffe's LRN constants (alpha/n, k=1), 227 input",
-    {**PAPER_OPTIONS, "lrn_convention": "per-term", "lrn_k": 1.0, "input_size": 227},
-)(_family(PAPER_SPEC, lrn_position="after-pool"))
-register_model(
-    "alexnet-small", "the paper's topology for 28-32 px images (Fashion-MNIST, CIFAR-10), any channel count",
-    {**PAPER_OPTIONS, "num_classes": 10, "in_chans": 1, "input_size": 28,
-     "widths": (64, 128, 192, 192, 128), "fc": (512, 512)},
-)(_family(SMALL_SPEC))  # fmt: skip
+def _register(name: str, description: str, base: AlexNetConfig, options: tuple[str, ...] = OPTIONS) -> None:
+    defaults: dict[str, Any] = {name: getattr(base, name) for name in options}
+
+    def build(**opts: Any) -> AlexNet:
+        return AlexNet(replace(base, **opts))
+
+    register_model(name, description, defaults)(build)
+
+
+_register("alexnet", "the paper's two-tower net (groups=2 on conv2/4/5), LRN, 3x3/2 pooling; 60,965,224 params", PAPER)
+_register("alexnet-1gpu", "the paper's net without groups (the one-GPU retelling); 62,378,344 params", ONE_GPU)
+_register("caffenet", "Caffe's CaffeNet: pool before LRN, Caffe's LRN constants (alpha/n, k=1), 227 input", CAFFENET)
+_register("alexnet-small", "the paper's topology for 28-32 px images (Fashion-MNIST, CIFAR-10), any channel count",
+          SMALL, OPTIONS + ("widths", "fc"))  # fmt: skip

@@ -44,7 +44,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..models.alexnet import AlexNet
+from ..models import create_model
+from ..models.alexnet import AlexNet, tile_pad
 from ..models.layers import Linear
 from ..models.lrn import LocalResponseNorm
 
@@ -87,7 +88,7 @@ class TwoTowerAlexNet(nn.Module):
         self.arch: str | None = getattr(model, "arch", None)
         self.config: dict[str, Any] = dict(getattr(model, "config", {}))
         self.num_classes, self.input_size, self.feature_shape = model.num_classes, model.input_size, model.feature_shape
-        self.conv1_kernel, self.conv1_stride, self.conv1_padding = model.conv1_kernel, model.conv1_stride, model.conv1_padding
+        self.conv1 = (model.cfg.kernels[0], model.cfg.strides[0], model.cfg.paddings[0])  # (kernel, stride, padding)
         self.towers = nn.ModuleList([nn.ModuleDict(), nn.ModuleDict()])
         self.plan: list[tuple[str, str]] = []  # (module name, kind) of the conv part
         self.head_plan: list[tuple[str, str]] = []  # the same for the fc part
@@ -174,16 +175,9 @@ class TwoTowerAlexNet(nn.Module):
         ext_b = torch.cat([a[:, a.shape[1] - back :].to(self.devices[1]), b], 1)
         return [lrn_a(ext_a)[:, : a.shape[1]], lrn_b(ext_b)[:, back:]]
 
-    def _tile_pad(self, size: int) -> int:
-        # Same rule as AlexNet._tile_pad: right/bottom zeros so conv1 tiles the input (224 -> 227).
-        if self.conv1_padding:
-            return 0
-        rem = (size - self.conv1_kernel) % self.conv1_stride
-        return (self.conv1_stride - rem) % self.conv1_stride
-
     def forward_features(self, x: Tensor) -> list[Tensor]:
         """Image batch (any device) -> [tower 0's pool5 maps on devices[0], tower 1's on devices[1]]."""
-        ph, pw = self._tile_pad(x.shape[-2]), self._tile_pad(x.shape[-1])
+        ph, pw = tile_pad(x.shape[-2], *self.conv1), tile_pad(x.shape[-1], *self.conv1)  # as AlexNet does
         if ph or pw:
             x = nn.functional.pad(x, (0, pw, 0, ph))
         xs = [x.to(self.devices[0]), x.to(self.devices[1])]
@@ -354,8 +348,6 @@ def split_towers(model: nn.Module, devices: tuple[str, str] | str, *, lrn_exchan
 
 def merge_towers(split: TwoTowerAlexNet) -> nn.Module:
     """A grouped single-device (CPU) model with the split model's current weights."""
-    from ..models import create_model
-
     if split.arch is None:
         raise ConfigError("the split model was made from a model not built by create_model; use grouped_state_dict()")
     model = create_model(split.arch, **split.config)

@@ -4,6 +4,10 @@ Exact resume: the data order depends only on (seed, epoch), the augmentation of 
 on (seed, s), and the checkpoint holds model, optimizer velocity, schedule, epoch, batch,
 step and the global RNG (dropout). A run killed at any moment and resumed from `last.pt`
 therefore repeats exactly the steps since that checkpoint and ends with the same weights.
+
+Validation: on `data.val_split` (default "val", held out from train by `prepare
+--val-fraction`), which keeps `best.pt` and drives the plateau schedule. A dataset without it
+is validated on its test split for the curves only: nothing is selected on the test split.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from ..checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from ..config import TrainConfig, config_from_dict
@@ -26,10 +30,12 @@ from ..data.loader import Loader, balanced_subset
 from ..errors import AlexNetError, CheckpointError, ConfigError
 from ..evaluate import EvalResult, evaluate_batches
 from ..models import create_model, model_entry
-from ..runtime import resolve_device
-from ..transforms import eval_views, preprocess_for, train_transform
+from ..preprocess import Preprocess, TrainTransform, eval_views
+from ..progress import progress_bar
+from ..runtime import tune_allocator
 from . import distributed
 from .optim import Schedule, make_optimizer, set_lr
+from .placement import Placement, unwrap
 from .rundir import RunDir
 
 
@@ -46,7 +52,7 @@ class TrainState:
     best_epoch: int = -1
 
 
-def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     if cfg.precision == "bf16":
         return torch.bfloat16
     if cfg.precision == "fp16":
@@ -56,14 +62,8 @@ def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | Non
     return None
 
 
-def _val_store(splits: dict[str, Store], cfg: TrainConfig) -> Store | None:
-    for name in (cfg.data.val_split, "val", "test"):
-        if name in splits:
-            return splits[name]
-    return None
-
-
 def build_model(cfg: TrainConfig, store: Store) -> nn.Module:
+    """cfg's model sized for the store: its classes, its channels, the training crop."""
     options = dict(cfg.model.options)
     valid = model_entry(cfg.model.arch).options()
     if "in_chans" in valid:
@@ -74,102 +74,107 @@ def build_model(cfg: TrainConfig, store: Store) -> nn.Module:
     return create_model(cfg.model.arch, **options)
 
 
+@dataclass
+class TrainData:
+    """The stores, the preprocessing and the batches of one run (one rank's share of them)."""
+
+    path: Path
+    train: Store
+    val: Store | None
+    val_split: str | None
+    selects: bool  # validation keeps best.pt and drives the plateau schedule (False: test split, curves only)
+    preprocess: Preprocess
+    transform: TrainTransform
+    loader: Loader
+
+    @classmethod
+    def open(cls, path: Path, cfg: TrainConfig, placement: Placement) -> TrainData:
+        splits = open_dataset(path)
+        if "train" not in splits:
+            raise ConfigError(f"{path} has no train split (found: {', '.join(splits)})")
+        train = splits["train"]
+        name, selects = cfg.data.val_split, True
+        if name not in splits:
+            if cfg.optim.schedule == "plateau":
+                raise ConfigError(f"{path} has no {name!r} split, which the plateau schedule watches: prepare the data "
+                                  "with --val-fraction, or set data.val_split or optim.schedule")  # fmt: skip
+            name, selects = ("test", False) if "test" in splits else (None, False)
+        subset = None
+        if cfg.data.train_subset:
+            if cfg.data.train_subset > len(train):
+                raise ConfigError(f"data.train_subset {cfg.data.train_subset} is larger than the training set ({len(train)})")
+            subset = balanced_subset(train.labels, cfg.data.train_subset)
+        dist = placement.dist
+        loader = Loader(train, cfg.batch_size // dist.world_size, shuffle=True, seed=cfg.seed, rank=dist.rank,
+                        world_size=dist.world_size, drop_last=True, workers=cfg.data.workers, subset=subset)  # fmt: skip
+        preprocess = Preprocess.for_training(train, cfg.data)
+        transform = TrainTransform.for_training(train, cfg.data, preprocess)
+        return cls(path, train, splits.get(name) if name else None, name, selects, preprocess, transform, loader)
+
+
 class Trainer:
-    def __init__(
-        self,
-        cfg: TrainConfig,
-        data: str | os.PathLike[str],
-        out: str | os.PathLike[str],
-        *,
-        resume: bool = False,
-        progress: bool = True,
-        model_parallel: tuple[str, str] | None = None,
-    ) -> None:
+    """One training run. Construction goes in the only order that works, each step needing the last:
+
+    1. resume: read last.pt first, because a resumed run takes its settings from it;
+    2. placement: device and process group (torchrun), which set each rank's share of the batch;
+    3. data: stores, preprocessing, transforms, loader (its length sizes the schedule);
+    4. model: built for the store's classes and channels; resumed weights loaded before it is
+       placed, because the placement copies them (to the device, or into the two towers);
+    5. optimizer and schedule over the placed parameters, then their resumed state;
+    6. wrappers: DDP after the restore (it broadcasts rank 0's weights), then torch.compile.
+    """
+
+    def __init__(self, cfg: TrainConfig, data: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                 resume: bool = False, progress: bool = True, model_parallel: tuple[str, str] | None = None) -> None:  # fmt: skip
+        tune_allocator()  # before the first large allocation (runtime.py)
         self.run = RunDir(out)
-        self.data_path = Path(data)
         self.progress = progress
-        resume = resume or (distributed.restart_count() > 0 and self.run.last.is_file())
-        self.resume_ckpt: dict[str, Any] | None = None
-        if resume:
-            if not self.run.last.is_file():
-                raise CheckpointError(f"nothing to resume: {self.run.last} does not exist")
-            self.resume_ckpt = load_checkpoint(self.run.last)
-            saved = self.resume_ckpt.get("train_state") or {}
-            if "config" not in saved:
-                raise CheckpointError(f"{self.run.last} has no training state to resume from")
-            cfg = config_from_dict(saved["config"])
-            self.data_path = Path(saved.get("data", data))
-        elif self.run.last.is_file():
-            raise AlexNetError(f"{self.run.path} already holds a run; resume it with --resume {self.run.path} or use another --out")
-        self.cfg = cfg
-        self.device = resolve_device(cfg.device)
-        self.dist = distributed.setup(self.device.type)
-        if self.dist.enabled and self.device.type == "cuda":
-            self.device = torch.device("cuda", self.dist.local_rank)
-        if cfg.batch_size % self.dist.world_size:
-            raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by {self.dist.world_size} processes")
-        self.autocast = _autocast_dtype(cfg, self.device)
+        self.cfg, data_path, self.resume_ckpt = self._resume_point(cfg, Path(data), resume)
+        cfg = self.cfg
+        self.placement = Placement.choose(cfg, model_parallel)
+        self.device, self.dist, self.memory_format = self.placement.device, self.placement.dist, self.placement.memory_format
+        self.autocast = autocast_dtype(cfg, self.device)
+        self._generator = torch.Generator(device=self.device)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(cfg.seed)
 
-        splits = open_dataset(self.data_path)
-        if "train" not in splits:
-            raise ConfigError(f"{self.data_path} has no train split (found: {', '.join(splits)})")
-        self.train_store = splits["train"]
-        self.val_store = _val_store(splits, cfg)
+        self.data = TrainData.open(data_path, cfg, self.placement)
+        self.loader, self.train_tf = self.data.loader, self.data.transform
+        self.view_mode = "ten-crop" if cfg.data.ten_crop_eval else "flip" if cfg.data.flip_eval else "center"
+        self.eval_views = eval_views(self.data.preprocess, self.device, self.view_mode)
 
-        self.model = build_model(cfg, self.train_store)
+        self.model = build_model(cfg, self.data.train)  # stays the grouped, single-device model
         if self.resume_ckpt is not None:
             self.model.load_state_dict(self.resume_ckpt["state_dict"])
-        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.split = None
-        if model_parallel is not None:
-            from ..parallel.model_parallel import split_towers
+        self.net = self.placement.place(self.model)
 
-            if self.dist.enabled:
-                raise ConfigError("--model-parallel with torchrun is not supported: one process drives both towers")
-            # the towers hold the live weights; self.model stays on the CPU in the grouped layout for checkpoints
-            self.split = split_towers(self.model, model_parallel)
-            self.device = torch.device(model_parallel[0])
-            self.memory_format = torch.contiguous_format
-            self.net: nn.Module = self.split
-        else:
-            self.model = self.model.to(self.device, memory_format=self.memory_format)
-            self.net = self.model
-        self.preprocess, self.mean_image = preprocess_for(cfg.data, self.train_store)
-        self.train_tf = train_transform(cfg.data, self.train_store)
-        self.view_mode = "ten-crop" if cfg.data.ten_crop_eval else "flip" if cfg.data.flip_eval else "center"
-        self.eval_views = eval_views(self.preprocess, self.mean_image, self.device, self.view_mode)
-        self.subset = None
-        if cfg.data.train_subset:
-            if cfg.data.train_subset > len(self.train_store):
-                raise ConfigError(f"data.train_subset {cfg.data.train_subset} is larger than the training set "
-                                  f"({len(self.train_store)})")  # fmt: skip
-            self.subset = balanced_subset(self.train_store.labels, cfg.data.train_subset)
-        self.loader = Loader(self.train_store, cfg.batch_size // self.dist.world_size, shuffle=True, seed=cfg.seed,
-                             rank=self.dist.rank, world_size=self.dist.world_size, drop_last=True,
-                             workers=cfg.data.workers, subset=self.subset)  # fmt: skip
-        if len(self.loader) == 0:
-            raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training set ({len(self.train_store)})")
         self.optimizer = make_optimizer(self.net.parameters(), cfg.optim)
         self.schedule = Schedule(cfg.optim, len(self.loader), cfg.epochs)
         self.state = TrainState()
         if self.resume_ckpt is not None:
             self._restore(self.resume_ckpt)
-        if self.dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        if cfg.compile:
-            self.net = torch.compile(self.net)  # type: ignore[assignment]
+        self.net = self.placement.wrap(self.net, cfg.compile)
+
+    def _resume_point(self, cfg: TrainConfig, data: Path, resume: bool) -> tuple[TrainConfig, Path, dict[str, Any] | None]:
+        """(settings, data, checkpoint) to start from: the given ones, or those saved in RUN/last.pt."""
+        resume = resume or (distributed.restart_count() > 0 and self.run.last.is_file())
+        if not resume:
+            if self.run.last.is_file():
+                raise AlexNetError(f"{self.run.path} already holds a run; resume it with --resume {self.run.path} or use another --out")
+            return cfg, data, None
+        if not self.run.last.is_file():
+            raise CheckpointError(f"nothing to resume: {self.run.last} does not exist")
+        ckpt = load_checkpoint(self.run.last)
+        saved = ckpt.get("train_state") or {}
+        if "config" not in saved:
+            raise CheckpointError(f"{self.run.last} has no training state to resume from")
+        return config_from_dict(saved["config"]), Path(saved.get("data", data)), ckpt
 
     # ------------------------------------------------------------------ state
     def _restore(self, ckpt: dict[str, Any]) -> None:
         ts = ckpt["train_state"]  # the weights were loaded before the model was placed
-        if self.split is not None:
-            self.split.load_grouped_optimizer_state(self.optimizer, ts["optimizer"])
-        else:
-            self.optimizer.load_state_dict(ts["optimizer"])
+        self.placement.load_optimizer_state(self.optimizer, self.net, ts["optimizer"])
         self.schedule.load_state_dict(ts["schedule"])
         self.state = TrainState(**ts["progress"])
         torch.set_rng_state(ts["rng_cpu"])
@@ -179,22 +184,19 @@ class Trainer:
     def _checkpoint(self, path: Path, meta: dict[str, Any] | None = None) -> None:
         if not self.dist.is_main:
             return
-        optimizer_state = self.optimizer.state_dict()
-        if self.split is not None:  # checkpoints stay in the grouped single-device layout
-            self.model.load_state_dict(self.split.grouped_state_dict())
-            optimizer_state = self.split.grouped_optimizer_state(self.optimizer)
         train_state = {
             "config": self.cfg.to_dict(),
-            "data": str(self.data_path),
-            "optimizer": optimizer_state,
+            "data": str(self.data.path),
+            "optimizer": self.placement.optimizer_state(self.optimizer, unwrap(self.net)),
             "schedule": self.schedule.state_dict(),
             "progress": vars(self.state).copy(),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "world_size": self.dist.world_size,
         }
-        ckpt = make_checkpoint(self.model, class_names=self.train_store.class_names, preprocess=self.preprocess,
-                               mean_image=self.mean_image, train_state=train_state, meta=meta or {})  # fmt: skip
+        ckpt = make_checkpoint(self.model, state_dict=self.placement.state_dict(unwrap(self.net)),
+                               class_names=self.data.train.class_names, preprocess=self.data.preprocess,
+                               train_state=train_state, meta=meta or {})  # fmt: skip
         try:
             atomic_save(ckpt, path)
         except OSError as exc:
@@ -202,24 +204,46 @@ class Trainer:
                 f"could not write checkpoint {path} ({exc.strerror or exc}); the previous checkpoint is intact"
             ) from None
 
-    # ------------------------------------------------------------------ loop
+    # ------------------------------------------------------------------ steps
+    def step(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """One SGD step on a uint8 batch; returns the loss and the count of correct top-1 guesses,
+        both left on the device (no host sync)."""
+        st, cfg = self.state, self.cfg
+        set_lr(self.optimizer, self.schedule.lr(st.step))
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        gen = self._generator.manual_seed(cfg.seed * 1_000_003 + st.step)  # step s's augmentation depends on (seed, s) only
+        # the loader and transform hand over channels_last; the model decides the layout
+        x = self.train_tf(images, gen).contiguous(memory_format=self.memory_format)
+        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+            logits = self.net(x)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.optim.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        st.step += 1
+        st.batch += 1
+        return loss.detach(), (logits.detach().argmax(1) == labels).sum()
+
     def validate(self) -> EvalResult | None:
-        if self.val_store is None:
+        if self.data.val is None:
             return None
-        loader = Loader(self.val_store, 256, shuffle=False, seed=0, rank=self.dist.rank,
+        loader = Loader(self.data.val, 256, shuffle=False, seed=0, rank=self.dist.rank,
                         world_size=self.dist.world_size, drop_last=False, workers=self.cfg.data.workers)  # fmt: skip
-        model = self.net if not isinstance(self.net, nn.parallel.DistributedDataParallel) else self.net.module
-        return evaluate_batches(model, loader.epoch_batches(0), self.eval_views, self.train_store.num_classes,
+        model = unwrap(self.net) if self.placement.kind == "ddp" else self.net
+        return evaluate_batches(model, loader.epoch_batches(0), self.eval_views, self.data.train.num_classes,
                                 self.device, views=self.view_mode, autocast_dtype=self.autocast,
                                 distributed=self.dist.enabled)  # fmt: skip
 
+    # ------------------------------------------------------------------ the run
     def fit(self) -> dict[str, Any]:
         cfg, run = self.cfg, self.run
         if self.dist.is_main:
             run.lock()
             run.enable_tensorboard()
             if self.resume_ckpt is None:
-                run.write_config(cfg.to_dict(), {"data_path": str(self.data_path)}, str(self.device))
+                run.write_config(cfg.to_dict(), {"data_path": str(self.data.path)}, str(self.device))
+                run.log({"event": "start", "step": 0})
             else:
                 run.truncate_metrics(self.state.step)
                 run.log({"event": "resume", "step": self.state.step, "epoch": self.state.epoch})
@@ -227,114 +251,129 @@ class Trainer:
             return self._fit()
         finally:
             run.unlock()
-            distributed.cleanup(self.dist)
+            self.placement.close()
 
     def _fit(self) -> dict[str, Any]:
         cfg, st = self.cfg, self.state
-        steps_per_epoch = len(self.loader)
-        gen = torch.Generator(device=self.device)
-        last_val: EvalResult | None = None
-        stop = False
         bar = None
         if self.progress and self.dist.is_main:
-            from ..progress import progress_bar
-
-            bar = progress_bar(total=steps_per_epoch * cfg.epochs, initial=st.step, unit="step", desc="train",
-                               smoothing=0.05)
-        loss_sum = torch.zeros((), device=self.device)
-        hits = torch.zeros((), device=self.device, dtype=torch.int64)
-        seen = steps_in = 0
-        t_interval = time.perf_counter()
-        good_step = st.step
+            bar = progress_bar(total=len(self.loader) * cfg.epochs, initial=st.step, unit="step", desc="train", smoothing=0.05)
+        interval = _Interval(self.device)
+        last_val: EvalResult | None = None
+        self.good_step = st.step  # the step of the newest checkpoint: the one a divergence falls back to
+        stop = False
         while st.epoch < cfg.epochs and not stop:
             self.net.train()
             for images, labels in self.loader.epoch_batches(st.epoch, start=st.batch):
-                set_lr(self.optimizer, self.schedule.lr(st.step))
-                images = images.to(self.device, non_blocking=True)
-                labels = labels.to(self.device, non_blocking=True)
-                gen.manual_seed(cfg.seed * 1_000_003 + st.step)  # augmentation of step s depends on (seed, s) only
-                # the loader and transform hand over channels_last; the model decides the layout
-                x = self.train_tf(images, gen).contiguous(memory_format=self.memory_format)
-                with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
-                    logits = self.net(x)
-                    loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.optim.label_smoothing)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                loss_sum += loss.detach()
-                hits += (logits.detach().argmax(1) == labels).sum()
-                seen += labels.numel()
-                steps_in += 1
-                st.step += 1
-                st.batch += 1
+                interval.add(*self.step(images, labels), labels.numel())
                 if bar is not None:
                     bar.update(1)
-                at_log = st.step % cfg.log_every == 0
                 at_ckpt = st.step % cfg.checkpoint_every == 0
-                if at_log or at_ckpt:
-                    mean_loss = (loss_sum / steps_in).item()  # the interval's one host sync
-                    if not math.isfinite(mean_loss):
-                        self._diverged(mean_loss, good_step)
-                    elapsed = time.perf_counter() - t_interval
-                    record = {"step": st.step, "epoch": st.epoch + st.batch / steps_per_epoch, "loss": mean_loss,
-                              "train_error": 1 - hits.item() / max(1, seen), "lr": self.schedule.lr(st.step - 1),
-                              "images_per_s": seen * self.dist.world_size / max(elapsed, 1e-9)}  # fmt: skip
-                    if self.dist.is_main:
-                        self.run.log(record)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{mean_loss:.3f}", img_s=f"{record['images_per_s']:.0f}", refresh=False)
-                    loss_sum.zero_(), hits.zero_()
-                    seen, steps_in, t_interval = 0, 0, time.perf_counter()
+                if st.step % cfg.log_every == 0 or at_ckpt:
+                    self._end_interval(interval, bar)
                     if at_ckpt:
-                        self._checkpoint(self.run.last)
-                        good_step = st.step
+                        self._save_last()
                 if cfg.max_steps and st.step >= cfg.max_steps:
                     stop = True
                     break
-            if steps_in and not math.isfinite((loss_sum / steps_in).item()):
-                self._diverged((loss_sum / steps_in).item(), good_step)
-            if stop and st.batch < steps_per_epoch:  # max_steps reached mid-epoch
-                self._checkpoint(self.run.last)
+            self._check_finite(interval.mean_loss())
+            if stop and st.batch < len(self.loader):  # max_steps reached mid-epoch
+                self._save_last()
                 break
-            # ---- epoch end: validation, schedule, best, checkpoint
-            st.epoch += 1
-            st.batch = 0
-            if st.epoch % cfg.eval_every == 0 or st.epoch == cfg.epochs:
-                last_val = self.validate()
-                stop = self._after_validation(last_val) or stop
-            self._checkpoint(self.run.last)
-            good_step = st.step
+            last_val, finished = self._end_epoch()
+            stop = stop or finished
         if bar is not None:
             bar.close()
         return {"step": st.step, "epoch": st.epoch, "best_error": st.best_error, "best_epoch": st.best_epoch,
                 "last_validation": last_val.to_dict() if last_val else None, "run_dir": str(self.run.path)}  # fmt: skip
 
+    def _end_interval(self, interval: _Interval, bar: Any) -> None:
+        """A log line: the interval's one host sync."""
+        st = self.state
+        mean_loss = interval.mean_loss()
+        self._check_finite(mean_loss)
+        record = {"step": st.step, "epoch": st.epoch + st.batch / len(self.loader), "loss": mean_loss,
+                  "train_error": interval.error(), "lr": self.schedule.lr(st.step - 1),
+                  "images_per_s": interval.images_per_s() * self.dist.world_size}  # fmt: skip
+        if self.dist.is_main:
+            self.run.log(record)
+        if bar is not None:
+            bar.set_postfix(loss=f"{mean_loss:.3f}", img_s=f"{record['images_per_s']:.0f}", refresh=False)
+        interval.reset()
+
+    def _end_epoch(self) -> tuple[EvalResult | None, bool]:
+        """Validation, the schedule, best.pt and last.pt; True when the schedule has finished."""
+        st, cfg = self.state, self.cfg
+        st.epoch += 1
+        st.batch = 0
+        val, finished = None, False
+        if st.epoch % cfg.eval_every == 0 or st.epoch == cfg.epochs:
+            val = self.validate()
+            finished = self._after_validation(val)
+        self._save_last()
+        return val, finished
+
+    def _save_last(self) -> None:
+        self._checkpoint(self.run.last)
+        self.good_step = self.state.step
+
     def _after_validation(self, val: EvalResult | None) -> bool:
         st = self.state
         if val is None:
             return False
-        dropped = self.schedule.on_validation(val.top1_error)
-        record = {"step": st.step, "epoch": st.epoch, "val_top1_error": val.top1_error,
+        dropped = self.schedule.on_validation(val.top1_error) if self.data.selects else False
+        record = {"step": st.step, "epoch": st.epoch, "split": self.data.val_split, "val_top1_error": val.top1_error,
                   "val_top5_error": val.top5_error, "val_loss": val.loss, "lr": self.optimizer.param_groups[0]["lr"],
                   "lr_dropped": dropped}  # fmt: skip
-        flat = st.epoch == 1 and val.loss > 0.98 * math.log(self.train_store.num_classes)
-        if flat:  # the paper's bias=1 init can start flat (Caffe's bvlc_alexnet used 0.1 for this reason)
+        if st.epoch == 1 and val.loss > 0.98 * math.log(self.data.train.num_classes):
+            # the paper's bias=1 init can start flat (Caffe's bvlc_alexnet used 0.1 for this reason)
             record["warning"] = "flat start: validation loss still at ln(num_classes) after one epoch"
         if self.dist.is_main:
             self.run.log(record)
-        if val.top1_error < st.best_error:
+        if self.data.selects and val.top1_error < st.best_error:
             st.best_error, st.best_epoch = val.top1_error, st.epoch
             self._checkpoint(self.run.best, meta={"validation": val.to_dict()})
         return self.schedule.finished
 
-    def _diverged(self, value: float, good_step: int) -> None:
+    def _check_finite(self, mean_loss: float | None) -> None:
+        if mean_loss is None or math.isfinite(mean_loss):
+            return
         if self.dist.is_main:
-            self.run.log({"event": "diverged", "step": self.state.step, "loss": value})
-        where = f"{self.run.last} (step {good_step})" if self.run.last.is_file() else "none was written yet"
+            self.run.log({"event": "diverged", "step": self.state.step, "loss": mean_loss})
+        where = f"{self.run.last} (step {self.good_step})" if self.run.last.is_file() else "none was written yet"
         raise TrainingDiverged(
-            f"loss became {value} at step {self.state.step}; stopped. Last good checkpoint: {where}. "
+            f"loss became {mean_loss} at step {self.state.step}; stopped. Last good checkpoint: {where}. "
             "Lower optim.lr or check the data."
         )
+
+
+class _Interval:
+    """Loss, hits and images since the last log line, accumulated on the device."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), device=device)
+        self.hits = torch.zeros((), device=device, dtype=torch.int64)
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss.zero_(), self.hits.zero_()
+        self.seen = self.steps = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, loss: Tensor, hits: Tensor, n: int) -> None:
+        self.loss += loss
+        self.hits += hits
+        self.seen += n
+        self.steps += 1
+
+    def mean_loss(self) -> float | None:
+        return (self.loss / self.steps).item() if self.steps else None
+
+    def error(self) -> float:
+        return 1 - self.hits.item() / max(1, self.seen)
+
+    def images_per_s(self) -> float:
+        return self.seen / max(time.perf_counter() - self.t0, 1e-9)
 
 
 def train(cfg: TrainConfig, data: str | os.PathLike[str], out: str | os.PathLike[str], **kwargs: Any) -> dict[str, Any]:
