@@ -19,6 +19,7 @@ _DPI = 110
 
 
 def _plt() -> Any:
+    # imported on first use: matplotlib costs ~0.5 s at start-up, and the backend must be set before pyplot loads
     import matplotlib
 
     matplotlib.use("Agg")

@@ -9,11 +9,11 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from tqdm import tqdm
+
 
 def progress_bar(**kwargs: Any) -> Any:
     """A tqdm bar on stderr: live in a terminal, a line every 30 s otherwise."""
-    from tqdm import tqdm
-
     tty = sys.stderr.isatty()
     kwargs.setdefault("dynamic_ncols", tty)
     kwargs.setdefault("mininterval", 0.5 if tty else 30.0)

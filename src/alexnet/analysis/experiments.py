@@ -30,11 +30,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import load_config
+from ..config import TrainConfig, load_config
 from ..data import Store, open_dataset
 from ..data.loader import balanced_subset
 from ..errors import ConfigError, DataError
 from ..evaluate import evaluate_batches
+from ..files import write_text_atomic
 from ..figures import _plt, _save
 from ..inference import Predictor
 from ..runtime import environment
@@ -175,23 +176,10 @@ def run_experiment(
         runs = []
         for seed in range(seeds):
             run_dir = root / "runs" / f"{arm.replace('/', '_')}-seed{seed}"
-            done = run_dir / "result.json"
-            if done.is_file():
-                runs.append(json.loads(done.read_text()))
-                continue
-            cfg = load_config(None, None, [*shared, *arm_over, *overrides, f"seed={seed}"])
-            if log:
+            if log and not (run_dir / "result.json").is_file():
                 log(f"{name}: {arm}, seed {seed} ({epochs} epochs{f', at most {max_steps} steps' if max_steps else ''})")
-            t0 = time.perf_counter()
-            resume = (run_dir / "last.pt").is_file()
-            fit = train(cfg, data, run_dir, resume=resume, progress=progress)
-            rec: dict[str, Any] = {"seed": seed, "steps": fit["step"], "seconds": round(time.perf_counter() - t0, 1)}
-            rec.update(evaluate_run(run_dir, splits, train_eval))
-            metrics = RunDir(run_dir).metrics()
-            rec["epochs_to"] = {str(t): epochs_to(metrics, t) for t in THRESHOLDS}
-            rec["curve"] = [(m["epoch"], m["train_error"]) for m in metrics if "train_error" in m]
-            done.write_text(json.dumps(rec))
-            runs.append(rec)
+            cfg = load_config(None, None, [*shared, *arm_over, *overrides, f"seed={seed}"])
+            runs.append(_run_seed(cfg, data, run_dir, splits, train_eval, progress))
         summary = {k: _summary([r[k] for r in runs]) for k in ("test_error", "train_error", "gap")}
         summary.update({f"epochs_to_{t}": _summary([r["epochs_to"][str(t)] for r in runs]) for t in THRESHOLDS})
         results["arms"][arm] = {"overrides": list(arm_over), "runs": runs, "summary": summary}
@@ -204,6 +192,23 @@ def run_experiment(
     (root / "table.md").write_text(format_table(results) + "\n")
     plot_experiment(results, root / "plot.png")
     return results
+
+
+def _run_seed(cfg: TrainConfig, data: str | os.PathLike[str], run_dir: Path, splits: dict[str, Store], train_eval: int,
+              progress: bool) -> dict[str, Any]:  # fmt: skip
+    """Train one arm with one seed (resuming a killed run, reusing a finished one) and measure it."""
+    done = run_dir / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    t0 = time.perf_counter()
+    fit = train(cfg, data, run_dir, resume=(run_dir / "last.pt").is_file(), progress=progress)
+    rec: dict[str, Any] = {"seed": cfg.seed, "steps": fit["step"], "seconds": round(time.perf_counter() - t0, 1)}
+    rec.update(evaluate_run(run_dir, splits, train_eval))
+    metrics = RunDir(run_dir).metrics()
+    rec["epochs_to"] = {str(t): epochs_to(metrics, t) for t in THRESHOLDS}
+    rec["curve"] = [(m["epoch"], m["train_error"]) for m in metrics if "train_error" in m]
+    write_text_atomic(done, json.dumps(rec))
+    return rec
 
 
 def _paired(results: dict[str, Any]) -> dict[str, Any]:

@@ -115,12 +115,7 @@ def extract_features(
     Fig. 4) or one split's folder. `views`: "center" (the checkpoint's centre crop) or "flip"
     (mean over it and its mirror).
     """
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if views not in FEATURE_VIEWS:
-        raise ConfigError(f"views must be one of {', '.join(FEATURE_VIEWS)}, got {views!r}")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    _check_options(dtype, views, batch_size, limit)
     dest = Path(out)
     if dest.exists() and any(dest.iterdir()) and not overwrite:
         raise ConfigError(f"{dest} exists and is not empty; choose another --out or pass --overwrite")
@@ -129,8 +124,6 @@ def extract_features(
     predictor.check_store(store)
 
     n_all = len(store)
-    if limit is not None and limit < 1:
-        raise ConfigError(f"limit must be >= 1, got {limit}")
     if limit is not None and limit < n_all:
         indices = np.sort(np.random.default_rng(0).choice(n_all, size=limit, replace=False))
     else:
@@ -142,23 +135,10 @@ def extract_features(
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
+        t0 = time.perf_counter()
         feats = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=DTYPES[dtype], shape=(len(indices), dim))
         bar = progress_bar(total=len(indices), unit="img", desc=f"features {layer}") if progress else None
-        t0 = time.perf_counter()
-        starts = range(0, len(indices), batch_size)
-        # Reading the next batch from the memory-mapped store overlaps with the forward pass.
-        with ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(store.read, indices[0:batch_size])
-            for s in starts:
-                images = pending.result()
-                if s + batch_size < len(indices):
-                    pending = pool.submit(store.read, indices[s + batch_size : s + 2 * batch_size])
-                feats[s : s + len(images)] = predictor.features(images, layer, views).numpy()
-                if bar is not None:
-                    bar.update(len(images))
-        if bar is not None:
-            bar.close()
-        feats.flush()
+        _fill(feats, predictor, store, indices, layer, views, batch_size, bar)
         del feats
         np.save(tmp / "labels.npy", store.labels[indices].astype(np.int64))
         np.save(tmp / "indices.npy", indices.astype(np.int64))
@@ -177,6 +157,34 @@ def extract_features(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return open_features(dest)
+
+
+def _check_options(dtype: str, views: str, batch_size: int, limit: int | None) -> None:
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if views not in FEATURE_VIEWS:
+        raise ConfigError(f"views must be one of {', '.join(FEATURE_VIEWS)}, got {views!r}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be >= 1, got {limit}")
+
+
+def _fill(feats: np.ndarray, predictor: Predictor, store: Store, indices: np.ndarray, layer: str, views: str,
+          batch_size: int, bar: Any) -> None:  # fmt: skip
+    # Reading the next batch from the memory-mapped store overlaps with the forward pass.
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(store.read, indices[0:batch_size])
+        for s in range(0, len(indices), batch_size):
+            images = pending.result()
+            if s + batch_size < len(indices):
+                pending = pool.submit(store.read, indices[s + batch_size : s + 2 * batch_size])
+            feats[s : s + len(images)] = predictor.features(images, layer, views).numpy()
+            if bar is not None:
+                bar.update(len(images))
+    if bar is not None:
+        bar.close()
+    feats.flush()
 
 
 def image_features(

@@ -26,6 +26,8 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from ..files import atomic_open
+from ..progress import progress_bar
 from .retrieval import Neighbors, _as_queries, _refine
 
 METHODS = ("autoencoder", "lsh")
@@ -78,8 +80,6 @@ class BinaryHasher:
         return out.view(np.uint64)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        from ..checkpoint import atomic_save
-
         state: dict[str, Any] = {"format": "alexnet-hasher", "method": self.method, "bits": self.bits,
                                  "mean": torch.from_numpy(self.mean), "scale": self.scale, "info": self.info}  # fmt: skip
         if self.model is not None:
@@ -87,7 +87,9 @@ class BinaryHasher:
             state["state_dict"] = self.model.state_dict()
         if self.projection is not None:
             state["projection"] = torch.from_numpy(self.projection)
-        return atomic_save(state, path)
+        with atomic_open(path) as f:
+            torch.save(state, f)
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> BinaryHasher:
@@ -148,38 +150,13 @@ def train_hasher(
         return BinaryHasher("lsh", bits, mean, scale, projection=proj, info={"seed": seed, "train_s": 0.0})
     if epochs < 1:
         raise ConfigError(f"epochs must be >= 1, got {epochs}")
-    gen = torch.Generator().manual_seed(seed)
+    x_all = torch.from_numpy((np.asarray(features[np.sort(sample)], dtype=np.float32) - mean) / scale)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = CodeAutoencoder(dim, bits, hidden)
-        x_all = torch.from_numpy((np.asarray(features[np.sort(sample)], dtype=np.float32) - mean) / scale)
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        steps_per_epoch = max(1, len(x_all) // batch_size)
-        total = epochs * steps_per_epoch
-        bar = None
-        if progress:
-            from ..progress import progress_bar
-
-            bar = progress_bar(total=total, unit="step", desc=f"auto-encoder {bits} bits")
-        losses: list[float] = []
-        step = 0
-        for _ in range(epochs):
-            perm = torch.randperm(len(x_all), generator=gen)
-            running = torch.zeros(())
-            for b in range(steps_per_epoch):
-                xb = x_all[perm[b * batch_size : (b + 1) * batch_size]]
-                noise = noise_std * min(1.0, step / max(1, total // 2))
-                loss = ((model(xb, noise) - xb) ** 2).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                running += loss.detach()
-                step += 1
-                if bar is not None:
-                    bar.update(1)
-            losses.append(float(running) / steps_per_epoch)
-        if bar is not None:
-            bar.close()
+        bar = progress_bar(total=epochs * max(1, len(x_all) // batch_size), unit="step",
+                           desc=f"auto-encoder {bits} bits") if progress else None  # fmt: skip
+        losses = _fit_autoencoder(model, x_all, epochs, batch_size, lr, noise_std, torch.Generator().manual_seed(seed), bar)
     model.eval()
     with torch.no_grad():  # how binary the codes became: mean distance of the logistic units from 0.5
         probe = torch.sigmoid(model.encoder(x_all[:4096]))
@@ -188,6 +165,34 @@ def train_hasher(
             "loss_by_epoch": [round(v, 5) for v in losses], "saturation": round(saturation, 4),
             "train_s": round(time.perf_counter() - t0, 2)}  # fmt: skip
     return BinaryHasher("autoencoder", bits, mean, scale, model=model, info=info)
+
+
+def _fit_autoencoder(model: CodeAutoencoder, x_all: torch.Tensor, epochs: int, batch_size: int, lr: float,
+                     noise_std: float, gen: torch.Generator, bar: Any) -> list[float]:  # fmt: skip
+    """Adam on the reconstruction error, the code noise ramped up over the first half; mean loss per epoch."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps_per_epoch = max(1, len(x_all) // batch_size)
+    total = epochs * steps_per_epoch
+    losses: list[float] = []
+    step = 0
+    for _ in range(epochs):
+        perm = torch.randperm(len(x_all), generator=gen)
+        running = torch.zeros(())
+        for b in range(steps_per_epoch):
+            xb = x_all[perm[b * batch_size : (b + 1) * batch_size]]
+            noise = noise_std * min(1.0, step / max(1, total // 2))
+            loss = ((model(xb, noise) - xb) ** 2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            running += loss.detach()
+            step += 1
+            if bar is not None:
+                bar.update(1)
+        losses.append(float(running) / steps_per_epoch)
+    if bar is not None:
+        bar.close()
+    return losses
 
 
 def hamming_distances(codes: np.ndarray, query_codes: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..figures import neighbors_grid
-from .features import FeatureSet, image_features
+from .features import FeatureSet, image_features, open_features
 from .hashing import hamming_search
 from .retrieval import Neighbors, exact_search
 from .retrieval_bench import codes_for
@@ -36,6 +36,16 @@ class Queries:
     @property
     def labels(self) -> np.ndarray | None:
         return np.array([d["label"] for d in self.described]) if self.described and "label" in self.described[0] else None
+
+
+def queries(database: FeatureSet, *, images: Sequence[str] | None = None, features: str | os.PathLike[str] | None = None,
+            count: int | None = None, checkpoint: str | os.PathLike[str] | None = None) -> Queries:  # fmt: skip
+    """Queries from image files or from the rows of a feature folder (exactly one of the two)."""
+    if (images is None) == (features is None):
+        raise ConfigError("give query images or a query feature folder, not both or neither")
+    if images is not None:
+        return image_queries(database, images, checkpoint)
+    return feature_queries(database, open_features(features), count)  # type: ignore[arg-type]
 
 
 def image_queries(database: FeatureSet, paths: Sequence[str], checkpoint: str | os.PathLike[str] | None = None) -> Queries:

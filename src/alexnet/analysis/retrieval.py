@@ -30,9 +30,6 @@ class Neighbors:
     indices: np.ndarray  # (Q, k) int64
     distances: np.ndarray  # (Q, k) float32
 
-    def to_list(self) -> list[list[tuple[int, float]]]:
-        return [list(zip(map(int, i), map(float, d))) for i, d in zip(self.indices, self.distances)]
-
 
 def _read_only_tensor(a: np.ndarray) -> torch.Tensor:
     """A tensor sharing `a`'s memory, which may be a read-only memmap: this search only reads it,
@@ -44,7 +41,7 @@ def _read_only_tensor(a: np.ndarray) -> torch.Tensor:
 
 def faiss_available() -> bool:
     try:
-        import faiss  # noqa: F401
+        import faiss  # noqa: F401  (optional: pip install faiss-cpu)
     except ImportError:
         return False
     return True
@@ -129,7 +126,7 @@ def _refine(database: np.ndarray, q: np.ndarray, idx: np.ndarray, block: int = 6
 
 def _faiss_search(database: np.ndarray, q: np.ndarray, k: int, exclude: np.ndarray | None) -> Neighbors:
     try:
-        import faiss
+        import faiss  # optional: pip install faiss-cpu
     except ImportError:
         raise ConfigError("backend faiss asked for but faiss is not installed (pip install faiss-cpu)") from None
     n, dim = database.shape

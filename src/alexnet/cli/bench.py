@@ -7,6 +7,7 @@ import importlib
 import json
 
 from ..bench import KINDS
+from ..errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,8 +33,6 @@ COUNTS = ("batch", "batch_size", "repeats", "steps", "images", "classes", "decod
 
 
 def check_counts(args: argparse.Namespace) -> None:
-    from ..errors import ConfigError
-
     for name in COUNTS:
         value = getattr(args, name, None)
         if value is not None and value < 1:

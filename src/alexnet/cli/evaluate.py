@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..evaluate import evaluate_checkpoint
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="top-1/top-5 error, per-class accuracy and confusion matrix on a store")
@@ -22,8 +24,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate_checkpoint
-
     result, store = evaluate_checkpoint(
         args.checkpoint, args.data, split=args.split,
         views="ten-crop" if args.ten_crop else "flip" if args.flip else "center",

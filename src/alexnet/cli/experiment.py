@@ -6,10 +6,11 @@ import argparse
 import json
 import sys
 
+from ..analysis.experiments import EXPERIMENTS, format_table, run_experiment
+from ..data import open_dataset
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..analysis.experiments import EXPERIMENTS
-
     lines = "\n".join(f"  {e.name:<13} {e.claim}" for e in EXPERIMENTS.values())
     p = sub.add_parser(
         "experiment",
@@ -34,13 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.experiments import EXPERIMENTS, run_experiment
-
     names = list(EXPERIMENTS) if args.name == "all" else [args.name]
     out = []
     for name in names:
         if args.name == "all" and EXPERIMENTS[name].needs_rgb:
-            from ..data import open_dataset
 
             if open_dataset(args.data)["train"].channels != 3:
                 print(f"alexnet experiment: skipping {name}: it needs RGB images", file=sys.stderr)
@@ -52,7 +50,6 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         out.append(result)
         if not args.json:
-            from ..analysis.experiments import format_table
 
             print(format_table(result) + "\n")
     if args.json:

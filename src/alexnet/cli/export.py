@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..interop.export import FORMATS, export_checkpoint
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..interop.export import FORMATS
-
     p = sub.add_parser("export", help="write a checkpoint as ONNX, safetensors, TorchScript or bvlc_alexnet.npy; checked")
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or run folder (best.pt, else last.pt)")
     p.add_argument("--format", required=True, choices=FORMATS)
@@ -20,8 +20,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..interop.export import export_checkpoint
-
     result = export_checkpoint(args.checkpoint, args.format, args.out, opset=args.opset, check=not args.no_check)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

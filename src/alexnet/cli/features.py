@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..analysis.features import extract_features
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -32,8 +34,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.features import extract_features
-
     fs = extract_features(
         args.checkpoint, args.data, args.out, layer=args.layer, split=args.split, dtype=args.dtype,
         views=args.views, batch_size=args.batch_size, limit=args.limit, device=args.device,

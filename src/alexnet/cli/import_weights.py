@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..interop.download import KNOWN_WEIGHTS
+from ..interop.importer import FORMATS, import_weights
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..interop.download import KNOWN_WEIGHTS
-    from ..interop.importer import FORMATS
-
     known = "; ".join(f"{w.name}: {w.description}" for w in KNOWN_WEIGHTS.values())
     p = sub.add_parser(
         "import-weights", help="convert published AlexNet weights (torchvision, Caffe bvlc_alexnet.npy) to a checkpoint",
@@ -24,8 +24,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..interop.importer import import_weights
-
     result = import_weights(args.source, args.out, format=args.format, cache=args.cache_dir)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..analysis import neighbors
+from ..analysis.features import open_features
+from ..analysis.retrieval_bench import benchmark_codes, format_benchmark
 from ..errors import ConfigError
 
 
@@ -44,16 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # analysis imports torch: imported when the command runs, so `alexnet --help` stays fast (cli/__init__.py)
-    from ..analysis import neighbors
-    from ..analysis.features import open_features
-    from ..analysis.retrieval_bench import benchmark_codes, format_benchmark
-
     fs = open_features(args.features)
-    if args.query:
-        queries = neighbors.image_queries(fs, args.query, args.checkpoint)
-    else:
-        queries = neighbors.feature_queries(fs, open_features(args.query_features), args.num_queries)
+    queries = neighbors.queries(fs, images=args.query, features=args.query_features, count=args.num_queries,
+                                checkpoint=args.checkpoint)  # fmt: skip
     if args.benchmark:
         result = benchmark_codes(fs, queries.vectors, queries.labels, bits=args.bits, k=args.k,
                                  shortlist=args.shortlist or 100, exclude=queries.exclude, retrain=args.retrain_codes,

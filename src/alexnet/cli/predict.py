@@ -7,6 +7,7 @@ import json
 import sys
 
 from ..errors import ConfigError
+from ..inference import Predictor
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,8 +24,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference import Predictor  # torch: imported when the command runs (cli/__init__.py)
-
     if args.topk < 1:
         raise ConfigError(f"--topk must be >= 1, got {args.topk}")
     predictor = Predictor.load(args.checkpoint, device=args.device, model_parallel=args.model_parallel)

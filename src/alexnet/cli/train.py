@@ -8,6 +8,9 @@ import os
 
 from ..config import PRESETS, load_config
 from ..errors import ConfigError
+from ..parallel.model_parallel import parse_devices
+from ..report import write_report
+from ..train import train
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,8 +36,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train import train
-
     if args.resume:
         if args.overrides or args.config or args.arch:
             raise ConfigError("--resume continues a run with its saved settings; drop the overrides")
@@ -49,7 +50,6 @@ def run(args: argparse.Namespace) -> int:
         out, data = args.out, args.data
     devices = None
     if args.model_parallel:
-        from ..parallel.model_parallel import parse_devices
 
         devices = parse_devices(args.model_parallel)
     result = train(cfg, data, out, resume=bool(args.resume), progress=not args.no_progress,  # type: ignore[arg-type]
@@ -57,7 +57,6 @@ def run(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return 0
     if args.report:
-        from ..report import write_report
 
         result["report"] = str(write_report(out))
     if args.json:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..analysis import neighbors
+from ..analysis.features import open_features
+from ..data.store import open_split
 from ..errors import AlexNetError, ConfigError, DataError
+from ..figures import conv1_kernels, predictions_grid, training_curves
+from ..inference import Predictor
+from ..train.rundir import RunDir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,31 +56,19 @@ def _done(path: Path) -> int:
 
 
 def _kernels(args: argparse.Namespace) -> int:
-    from ..figures import conv1_kernels
-    from ..inference import Predictor
-
     weight, towers = Predictor.load(args.checkpoint, device="cpu").conv1()
     return _done(conv1_kernels(weight, args.out, towers=args.towers or towers))
 
 
 def _neighbors(args: argparse.Namespace) -> int:
-    from ..analysis import neighbors
-    from ..analysis.features import open_features
-
     fs = open_features(args.features)
-    if args.query:
-        queries = neighbors.image_queries(fs, args.query, args.checkpoint)
-    else:
-        queries = neighbors.feature_queries(fs, open_features(args.query_features), args.num_queries)
+    queries = neighbors.queries(fs, images=args.query, features=args.query_features, count=args.num_queries,
+                                checkpoint=args.checkpoint)  # fmt: skip
     found = neighbors.search(fs, queries.vectors, args.k, exclude=queries.exclude)
     return _done(neighbors.draw(args.out, fs, found, queries))
 
 
 def _predictions(args: argparse.Namespace) -> int:
-    from ..data.store import open_split
-    from ..figures import predictions_grid
-    from ..inference import Predictor
-
     if args.count < 1:
         raise ConfigError(f"--count must be >= 1, got {args.count}")
     predictor = Predictor.load(args.checkpoint, device="cpu")
@@ -83,9 +77,6 @@ def _predictions(args: argparse.Namespace) -> int:
 
 
 def _curves(args: argparse.Namespace) -> int:
-    from ..figures import training_curves
-    from ..train.rundir import RunDir
-
     run = RunDir(args.run)
     metrics = run.metrics()
     if not metrics:

@@ -11,6 +11,8 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch.hub import download_url_to_file
+
 from ..errors import CheckpointError
 from ..files import cache_dir, sha256_file
 
@@ -53,8 +55,6 @@ def fetch(url: str, dest_dir: str | os.PathLike[str] | None = None, sha256_prefi
     download never leaves a truncated file under the final name. A hash mismatch is a
     CheckpointError and leaves nothing behind.
     """
-    from torch.hub import download_url_to_file
-
     name = os.path.basename(urllib.parse.urlparse(url).path) or "download"
     dest = Path(dest_dir) if dest_dir is not None else cache_dir()
     dest.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ class RunDir:
     def enable_tensorboard(self) -> bool:
         """Mirror numeric metrics to RUN_DIR/tensorboard when the tensorboard package is installed."""
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # optional: needs the tensorboard package
         except ImportError:
             return False
         self._tb = SummaryWriter(str(self.path / "tensorboard"))
