@@ -14,6 +14,7 @@ PARAMS = {
     "alexnet-owt": 61_100_840,
     "alexnet-small": None,  # sized for the demo; pinned below by its own formula
     "conv-local": None,
+    "cifar-18pct": 89_578,
 }
 
 
@@ -52,6 +53,51 @@ def test_small_and_convlocal_parameter_counts():
     net = create_model("conv-local")
     expect = (75 * 64 + 64) + (25 * 64 * 64 + 64) + (64 * 32 * 576 + 32 * 64) + (64 * 32 * 288 + 32 * 64) + 2048 * 10 + 10
     assert sum(p.numel() for p in net.parameters()) == expect
+
+
+# cuda-convnet's example-layers/layers-18pct.cfg and layer-params-18pct.cfg, layer by layer
+# (neuron=relu sits on pool1, conv2 and conv3; rnorm is the same-map norm, scale divided by size^2).
+LAYERS_18PCT = [
+    ("conv1", {"filters": 32, "filterSize": 5, "padding": 2, "stride": 1, "initW": 1e-4}),
+    ("pool1", {"pool": "max", "sizeX": 3, "stride": 2, "outputsX": 16}),
+    ("rnorm1", {"sizeX": 3, "scale": 5e-5, "pow": 0.75}),
+    ("conv2", {"filters": 32, "filterSize": 5, "padding": 2, "stride": 1, "initW": 0.01}),
+    ("pool2", {"pool": "avg", "sizeX": 3, "stride": 2, "outputsX": 8}),
+    ("rnorm2", {"sizeX": 3, "scale": 5e-5, "pow": 0.75}),
+    ("conv3", {"filters": 64, "filterSize": 5, "padding": 2, "stride": 1, "initW": 0.01}),
+    ("pool3", {"pool": "avg", "sizeX": 3, "stride": 2, "outputsX": 4}),
+    ("fc10", {"outputs": 10, "initW": 0.01}),
+]
+
+
+def test_cifar_18pct_is_the_cuda_convnet_layer_table():
+    from alexnet.models.cuda_convnet import SameMapNorm
+    from alexnet.summary import summarize
+
+    torch.manual_seed(0)
+    model = create_model("cifar-18pct")
+    modules = dict(model.named_modules())
+    shapes = {r.name.rsplit(".", 1)[1]: r.output_shape for r in summarize(model).rows}
+    for name, cfg in LAYERS_18PCT:
+        key = name.replace("rnorm", "norm")
+        m = modules[("classifier." if name == "fc10" else "features.") + key]
+        if name.startswith("conv"):
+            assert (m.out_channels, m.kernel_size, m.padding, m.stride) == (cfg["filters"], (5, 5), (2, 2), (1, 1))
+            assert m.weight.std().item() == pytest.approx(cfg["initW"], rel=0.1) and not m.bias.any()
+        elif name.startswith("pool"):
+            assert isinstance(m, torch.nn.MaxPool2d if cfg["pool"] == "max" else torch.nn.AvgPool2d)
+            assert (m.kernel_size, m.stride, m.ceil_mode) == (3, 2, True) and shapes[key][-1] == cfg["outputsX"]
+        elif name.startswith("rnorm"):
+            assert isinstance(m, SameMapNorm) and (m.size, m.scale, m.power, m.k) == (3, 5e-5, 0.75, 1.0)
+        else:
+            assert m.out_features == cfg["outputs"] and m.weight.std().item() == pytest.approx(cfg["initW"], rel=0.1)
+    order = [n for n, _ in model.features.named_children() if not n.startswith("act")]
+    assert order == [n.replace("rnorm", "norm") for n, _ in LAYERS_18PCT[:-1]]
+    # the same-map norm: one unit against its 3x3 neighbourhood, zeros beyond the border
+    x = torch.zeros(1, 1, 4, 4)
+    x[0, 0, 0, 0], x[0, 0, 1, 1] = 100.0, 50.0
+    want = 100.0 / (1 + 5e-5 / 9 * (100.0**2 + 50.0**2)) ** 0.75
+    assert SameMapNorm()(x)[0, 0, 0, 0].item() == pytest.approx(want, rel=1e-6)
 
 
 @pytest.mark.parametrize("name", ["alexnet", "alexnet-1gpu", "caffenet", "alexnet-owt"])

@@ -1,7 +1,7 @@
 """Models: the paper's AlexNet and its variants, behind one registry."""
 
 from . import alexnet as _alexnet  # noqa: F401  (registers alexnet, alexnet-1gpu, caffenet, alexnet-small)
-from . import convlocal as _convlocal  # noqa: F401  (registers conv-local)
+from . import cuda_convnet as _cuda_convnet  # noqa: F401  (registers cifar-18pct, conv-local)
 from . import owt as _owt  # noqa: F401  (registers alexnet-owt)
 from .activations import activations, conv1_weight, layer_names, paper_layers, towers
 from .lrn import LocalResponseNorm, local_response_norm
