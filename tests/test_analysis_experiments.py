@@ -1,4 +1,5 @@
-"""`alexnet experiment`: every claim runs end to end (tiny), with its table, plot and paired seeds."""
+"""`alexnet experiment`: every claim runs end to end (tiny) on real colour images, with its table,
+figures and seed-paired numbers; the colourfulness index and precision@k on hand-computed cases."""
 
 from __future__ import annotations
 
@@ -6,119 +7,164 @@ import json
 
 import numpy as np
 import pytest
-from analysis_helpers import TINY_SMALL, make_dataset
+import torch
+import yaml
+from analysis_helpers import make_dataset
 
-from alexnet.analysis.experiments import EXPERIMENTS, epochs_to, format_table, run_experiment
+from alexnet.analysis.experiments import (EXPERIMENTS, colourfulness, epochs_to, format_table, precision_at_k,
+                                          run_experiment, tower_means)  # fmt: skip
 from alexnet.cli import main
 from alexnet.errors import DataError
 
-TINY = ("batch_size=16", "data.workers=0")
-
-
-
-@pytest.fixture(scope="module")
-def rgb(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("exp") / "rgb", channels=3, size=32, per_class=8, test_per_class=3)
-
-
-@pytest.fixture(scope="module")
-def rgb16(tmp_path_factory):
-    """16 px images: the conv-local net's locally connected layers are slow on CPU, and 16 px is enough here."""
-    return make_dataset(tmp_path_factory.mktemp("exp16") / "rgb16", channels=3, size=16, per_class=8, test_per_class=3)
-
-
-def _small(name: str) -> bool:
-    return "model.arch=alexnet-small" in EXPERIMENTS[name].base
+# tiny nets and short runs: the real code paths, in seconds
+TINY = ("batch_size=16", "data.workers=0", "checkpoint_every=100000")
+TINY_SMALL = ("model.options.widths=[8,16,16,16,16]", "model.options.fc=[24,24]")
 
 
 def _png_ok(path) -> None:
     from PIL import Image
 
     img = np.asarray(Image.open(path).convert("L"), dtype=np.float32)
-    assert img.shape[0] > 200 and img.shape[1] > 400 and img.std() > 10  # a real picture, not a blank canvas
+    assert img.shape[0] > 150 and img.shape[1] > 300 and img.std() > 10  # a real picture, not a blank canvas
 
 
-def _check(folder, name: str, seeds: int, steps: int) -> dict:
-    saved = json.loads((folder / "results.json").read_text())
-    assert saved["experiment"] == name and list(saved["arms"]) == list(EXPERIMENTS[name].arms)
-    for a in saved["arms"].values():
-        assert [run["seed"] for run in a["runs"]] == list(range(seeds))
-        for run in a["runs"]:
-            assert run["steps"] == steps and 0 <= run["test_error"] <= 1 and 0 <= run["train_error"] <= 1
-            assert run["gap"] == pytest.approx(run["test_error"] - run["train_error"])
-        s = a["summary"]["test_error"]
-        assert s["n"] == seeds and s["mean"] == pytest.approx(np.mean([x["test_error"] for x in a["runs"]]))
-        if seeds > 1:
-            assert s["std"] == pytest.approx(np.std([x["test_error"] for x in a["runs"]], ddof=1))
-    first = list(saved["arms"])[0]
-    for arm in list(saved["arms"])[1:]:
-        ref = {x["seed"]: x["test_error"] for x in saved["arms"][first]["runs"]}
-        diffs = [x["test_error"] - ref[x["seed"]] for x in saved["arms"][arm]["runs"]]
-        assert saved["paired"][arm]["test_error"]["mean"] == pytest.approx(np.mean(diffs))
+def _config(run: str) -> str:
+    return (__import__("pathlib").Path(run) / "config.yaml").read_text()
+
+
+def _table_ok(folder, name, results) -> str:
     table = (folder / "table.md").read_text()
-    assert table.startswith(f"### {name}") and all(f"| {arm} |" in table for arm in saved["arms"])
-    assert "alexnet experiment " + name in table and saved["command"] in table
-    _png_ok(folder / "plot.png")
-    return saved
+    assert table.startswith(f"### {name}") and results["command"] in table and "alexnet experiment " + name in table
+    assert json.loads((folder / "results.json").read_text())["experiment"] == name
+    return table
 
 
-def _config(folder, arm: str) -> str:
-    return (folder / "runs" / f"{arm.replace('/', '_')}-seed0" / "config.yaml").read_text()
+@pytest.mark.parametrize("name", ["pca-lighting", "overlap", "dropout", "depth"])
+def test_cifar_ablations_run_end_to_end_with_paired_seeds(cifar_small, tmp_path, name):
+    r = run_experiment(name, cifar_small, tmp_path, seeds=2, epochs=1, max_steps=2, overrides=(*TINY, *TINY_SMALL),
+                       train_eval=40)  # fmt: skip
+    assert list(r["arms"]) == list(EXPERIMENTS[name].arms)
+    ref = r["arms"][next(iter(r["arms"]))]["runs"]
+    for arm, a in r["arms"].items():
+        assert [x["seed"] for x in a["runs"]] == [0, 1] and all(x["steps"] == 2 for x in a["runs"])
+        assert all(0 <= x["test_error"] <= 1 and x["train_images"] == 40 for x in a["runs"])
+        assert a["summary"]["test_error"]["mean"] == pytest.approx(np.mean([x["test_error"] for x in a["runs"]]))
+        if arm != next(iter(r["arms"])):
+            diffs = [x["test_error"] - y["test_error"] for x, y in zip(a["runs"], ref)]
+            assert r["paired"][arm]["test_error"]["mean"] == pytest.approx(np.mean(diffs))
+    table = _table_ok(tmp_path / name, name, r)
+    assert all(f"| {arm} |" in table for arm in r["arms"])
+    _png_ok(tmp_path / name / "plot.png")
+    varied = {"pca-lighting": ("no-lighting", "lighting: 0.0"), "overlap": ("plain-2x2/2", "pooling: non-overlap"),
+              "dropout": ("no-dropout", "dropout: 0.0"), "depth": ("no-conv3", "drop_layer: conv3")}[name]  # fmt: skip
+    assert varied[1] in _config(r["arms"][varied[0]]["runs"][0]["run"])
+    assert "preset" not in _config(ref[0]["run"]) and "lighting: 0.1" in _config(ref[0]["run"])  # the cifar10 preset
 
 
-@pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n != "lrn"])
-def test_every_experiment_runs_end_to_end(rgb, rgb16, tmp_path, name):
-    data, extra = (rgb, TINY_SMALL) if _small(name) else (rgb16, ())
-    run_experiment(name, data, tmp_path, seeds=1, epochs=1, max_steps=1, overrides=TINY + extra, train_eval=12)
-    _check(tmp_path / name, name, seeds=1, steps=1)
-    if name == "relu-vs-tanh":
-        folder = tmp_path / name
-        assert "activation: tanh" in _config(folder, "tanh") and "activation: tanh" not in _config(folder, "relu")
-    if name == "depth":
-        assert "drop_layer: conv3" in _config(tmp_path / name, "no-conv3")
-    if name == "pca-lighting":
-        assert "lighting: 0.1" in _config(tmp_path / name, "lighting-0.1")
+def test_the_reference_arm_is_trained_once_for_every_experiment_and_reruns_reuse(cifar_small, tmp_path, capsys):
+    args = dict(seeds=1, epochs=1, max_steps=2, overrides=(*TINY, *TINY_SMALL), train_eval=40)
+    a = run_experiment("pca-lighting", cifar_small, tmp_path, **args)
+    b = run_experiment("overlap", cifar_small, tmp_path, **args)
+    assert a["arms"]["lighting"]["runs"][0]["run"] == b["arms"]["overlap-3x3/2"]["runs"][0]["run"]
+    result = tmp_path / "runs" / a["arms"]["lighting"]["runs"][0]["run"].rsplit("/", 1)[1] / "result.json"
+    stamp = result.stat().st_mtime_ns
+    assert main(["experiment", "pca-lighting", "--data", str(cifar_small), "--out", str(tmp_path), "--seeds", "1",
+                 "--epochs", "1", "--max-steps", "2", "--train-eval", "40", "--set", *TINY, *TINY_SMALL]) == 0  # fmt: skip
+    assert result.stat().st_mtime_ns == stamp  # reused, not retrained
+    assert "| no-lighting |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "pca-lighting" / "results.json").read_text())["arms"] == a["arms"]
 
 
-def test_lrn_with_two_seeds_reruns_from_its_runs_and_through_the_cli(rgb16, tmp_path, capsys):
-    a = run_experiment("lrn", rgb16, tmp_path, seeds=2, epochs=1, max_steps=2, overrides=TINY, train_eval=12)
-    saved = _check(tmp_path / "lrn", "lrn", seeds=2, steps=2)
-    assert "lrn: false" in _config(tmp_path / "lrn", "no-lrn")
-    stamp = (tmp_path / "lrn" / "runs" / "lrn-seed0" / "result.json").stat().st_mtime_ns
-    # the same command again (here through the CLI) reuses the finished runs and gives the same numbers
-    assert main(["experiment", "lrn", "--data", str(rgb16), "--out", str(tmp_path), "--seeds", "2", "--epochs", "1",
-                 "--max-steps", "2", "--train-eval", "12", "--set", *TINY]) == 0  # fmt: skip
-    assert (tmp_path / "lrn" / "runs" / "lrn-seed0" / "result.json").stat().st_mtime_ns == stamp
-    assert "| lrn |" in capsys.readouterr().out
-    again = json.loads((tmp_path / "lrn" / "results.json").read_text())
-    assert again["arms"] == saved["arms"] and a["paired"] == again["paired"]
+def test_fig1_sweeps_one_grid_per_arm_and_repeats_the_fastest_rate(cifar_small, tmp_path):
+    # tiny: one step per run, so every rate "reaches" any threshold above chance at once or not at all
+    over = (*TINY, "stop_train_error=0.99")
+    r = run_experiment("relu-vs-tanh", cifar_small, tmp_path, seeds=2, epochs=1, max_steps=3, overrides=over)
+    grid = EXPERIMENTS["relu-vs-tanh"].options["lrs"]
+    for arm, a in r["arms"].items():
+        assert [s["lr"] for s in a["sweep"]] == list(grid)
+        assert a["best_lr"] in grid and len(a["runs"]) == 2
+        assert a["runs"][0]["run"] == next(s["run"] for s in a["sweep"] if s["lr"] == a["best_lr"])  # seed 0 reused
+        assert f"lr: {a['best_lr']}" in _config(a["runs"][1]["run"])
+    assert "activation: tanh" in _config(r["arms"]["tanh"]["runs"][0]["run"])
+    cfg = _config(r["arms"]["relu"]["runs"][0]["run"])
+    assert "arch: cifar-18pct" in cfg and "weight_decay: 0.0" in cfg and "flip: false" in cfg  # no regularization
+    table = _table_ok(tmp_path / "relu-vs-tanh", "relu-vs-tanh", r)
+    assert "fastest learning rate" in table and "paper: about 6x" in table
+    _png_ok(tmp_path / "relu-vs-tanh" / "plot.png")
 
 
-def test_pca_lighting_refuses_grayscale_and_cli_reports_it(tmp_path, capsys):
+def test_lrn_is_the_conv_local_net_with_and_without_its_norms(cifar_small, tmp_path):
+    r = run_experiment("lrn", cifar_small, tmp_path, seeds=1, epochs=1, max_steps=1, overrides=TINY, train_eval=20)
+    lrn, no_lrn = (_config(r["arms"][a]["runs"][0]["run"]) for a in ("lrn", "no-lrn"))
+    assert "arch: conv-local" in lrn and "lrn: false" in no_lrn and "lrn: false" not in lrn
+    assert "crop: 24" in lrn and "ten_crop_eval: true" in lrn  # cuda-convnet's translations and multiview test
+    _table_ok(tmp_path / "lrn", "lrn", r)
+
+
+def test_towers_measures_each_half_of_conv1_per_seed(cifar_small, tmp_path):
+    r = run_experiment("towers", cifar_small, tmp_path, seeds=1, epochs=1, max_steps=2, overrides=(*TINY, *TINY_SMALL))
+    two, one = r["arms"]["two-towers"]["runs"][0], r["arms"]["one-tower"]["runs"][0]
+    assert two["towers"] == 2 and one["towers"] == 1 and len(two["index"]) == 8
+    assert two["tower_means"] == pytest.approx(tower_means(np.array(two["index"])), abs=1e-3)
+    assert two["gap"] == pytest.approx(abs(two["tower_means"][0] - two["tower_means"][1]))
+    assert yaml.safe_load(_config(one["run"]))["model"]["options"]["groups"] == [1, 1, 1, 1, 1]
+    _table_ok(tmp_path / "towers", "towers", r)
+    _png_ok(tmp_path / "towers" / "kernels.png")
+
+
+def test_neighbors_compares_fc7_with_pixels_and_codes_with_exact_search(cifar_small, tmp_path):
+    over = (*TINY, *TINY_SMALL)
+    r = run_experiment("neighbors", cifar_small, tmp_path, seeds=1, epochs=1, max_steps=2, overrides=over)
+    assert r["queries"] == 400 and r["database"] == 1440 and r["k"] == 5
+    assert 0 <= r["fc7_precision"]["mean"] <= 1 and 0 <= r["pixel_precision"] <= 1
+    d = r["pixel_distance"]
+    assert d["pixel neighbours"] < d["fc7 neighbours"] and d["pixel neighbours"] < d["random training images"]
+    assert {row["bits"] for row in r["codes"]["rows"]} == {64, 128, 256}
+    table = _table_ok(tmp_path / "neighbors", "neighbors", r)
+    assert "precision@5" in table and "| fc7 (Euclidean) |" in table
+    for kind in ("fc7", "pixels"):
+        _png_ok(tmp_path / "neighbors" / f"neighbors-{kind}.png")
+
+
+def test_colourfulness_on_constructed_kernels():
+    rng = np.random.default_rng(0)
+    pattern = rng.standard_normal((1, 1, 5, 5))
+    pattern -= pattern.mean()  # so removing the kernel's mean leaves each one as built
+    grey = np.repeat(pattern, 3, axis=1)  # R = G = B at every pixel
+    red_only = np.concatenate([pattern, np.zeros((1, 2, 5, 5))], axis=1)
+    opponent = np.concatenate([pattern, -pattern, np.zeros((1, 1, 5, 5))], axis=1)  # R - G
+    blue_yellow = np.concatenate([-pattern / 2, -pattern / 2, pattern], axis=1)  # B - (R + G) / 2
+    index = colourfulness(np.concatenate([grey, red_only, opponent, blue_yellow]))
+    # grey: no energy off (1,1,1); one channel: 2/3 of it off (|(1,0,0) - 1/3 (1,1,1)|^2 = 2/3); opponents: all
+    np.testing.assert_allclose(index, [0.0, 2 / 3, 1.0, 1.0], atol=1e-12)
+    assert colourfulness(torch.zeros(1, 3, 3, 3))[0] == 0.0  # a blank kernel is not colourful
+    # the index ignores a kernel's mean and its scale
+    np.testing.assert_allclose(colourfulness(np.concatenate([red_only * 7 + 3])), [2 / 3], atol=1e-12)
+    assert tower_means(np.array([0.0, 0.2, 0.9, 0.7])) == pytest.approx([0.1, 0.8])
+    with pytest.raises(ValueError, match="RGB"):
+        colourfulness(np.zeros((4, 1, 5, 5)))
+
+
+def test_precision_at_k_and_epochs_to_on_hand_computed_cases():
+    db_labels = np.array([0, 0, 1, 1, 2])
+    neighbors = np.array([[0, 1, 2], [2, 4, 0], [4, 4, 4]])
+    queries = np.array([0, 1, 2])
+    # query 0: 0, 0 (2 of 2 at k=2); query 1: 1, 2 (1 of 2); query 2: 2, 2 (2 of 2)
+    assert precision_at_k(neighbors, db_labels, queries, 2) == pytest.approx((2 + 1 + 2) / 6)
+    assert precision_at_k(neighbors, db_labels, queries, 3) == pytest.approx((2 + 1 + 3) / 9)
+    curve = [(0.1, 0.6), (0.2, 0.3), (0.3, 0.24), (0.4, 0.1)]
+    assert epochs_to(curve, 0.25) == 0.3 and epochs_to(curve, 0.1) == 0.4 and epochs_to(curve, 0.05) is None
+
+
+def test_colour_claims_refuse_grayscale(tmp_path, capsys):
     gray = make_dataset(tmp_path / "gray", channels=1, size=28, per_class=4, test_per_class=2)
     with pytest.raises(DataError, match="needs RGB"):
         run_experiment("pca-lighting", gray, tmp_path / "r", seeds=1, epochs=1, max_steps=1, overrides=TINY)
-    assert main(["experiment", "pca-lighting", "--data", str(gray), "--out", str(tmp_path / "r")]) == 2
+    assert main(["experiment", "towers", "--data", str(gray), "--out", str(tmp_path / "r")]) == 2
     assert "needs RGB images" in capsys.readouterr().err
 
 
-def test_epochs_to_threshold_and_relu_table():
-    metrics = [{"epoch": 0.1, "train_error": 0.6}, {"epoch": 0.2, "train_error": 0.3}, {"event": "x"},
-               {"epoch": 0.3, "train_error": 0.24}, {"epoch": 0.4, "train_error": 0.1}]  # fmt: skip
-    assert epochs_to(metrics, 0.25) == 0.3 and epochs_to(metrics, 0.1) == 0.4 and epochs_to(metrics, 0.05) is None
-    s = {"mean": 0.2, "std": 0.0, "n": 1, "missing": 0}
-    arm = {"summary": {"test_error": s, "train_error": s, "gap": s, "epochs_to_0.25": {"mean": 0.5, "std": 0.1, "n": 2,
-           "missing": 0}, "epochs_to_0.15": {**s, "mean": 1.0}, "epochs_to_0.1": {"mean": None, "std": None, "n": 0,
-           "missing": 2}}}  # fmt: skip
-    tanh = {"summary": {**arm["summary"], "epochs_to_0.25": {"mean": 3.0, "std": 0.0, "n": 2, "missing": 0}}}
-    table = format_table({"experiment": "relu-vs-tanh", "arms": {"relu": arm, "tanh": tanh}, "seeds": 2, "epochs": 4,
-                          "max_steps": 0, "train_eval": 10, "claim": "c", "command": "cmd"})  # fmt: skip
-    assert "0.50 +- 0.10" in table and "not reached" in table and "25%: 6.00x" in table
-
-
-def test_a_training_subset_is_what_train_error_is_measured_on(rgb, tmp_path):
-    over = (*TINY, *TINY_SMALL, "data.train_subset=20")
-    saved = run_experiment("dropout", rgb, tmp_path, seeds=1, epochs=1, overrides=over, train_eval=1000)
-    for arm in saved["arms"].values():
-        run = arm["runs"][0]
-        assert run["train_images"] == 20 and run["steps"] == 20 // 16  # one epoch of the subset
+def test_format_table_of_a_saved_result(cifar_small, tmp_path):
+    r = run_experiment("dropout", cifar_small, tmp_path, seeds=1, epochs=1, max_steps=1, overrides=(*TINY, *TINY_SMALL),
+                       train_eval=20)  # fmt: skip
+    assert format_table(json.loads((tmp_path / "dropout" / "results.json").read_text())) == format_table(r)

@@ -14,9 +14,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     lines = "\n".join(f"  {e.name:<13} {e.claim}" for e in EXPERIMENTS.values())
     p = sub.add_parser(
         "experiment",
-        help="the paper's claims (ReLU, LRN, overlapping pooling, dropout, PCA lighting, depth) as seeded experiments",
+        help="the paper's claims (Fig. 1, LRN, pooling, dropout, PCA lighting, depth, Fig. 3, Fig. 4) as seeded experiments",
         description="Train every arm with seeds 0..N-1 through the real training entry point, evaluate, and write "
-        "OUT/NAME/results.json, table.md and plot.png. Finished runs in OUT/NAME/runs are reused.\n\n" + lines,
+        "OUT/NAME/results.json, table.md and figures. Runs live in OUT/runs, shared by experiments that train the "
+        "same settings; finished runs are reused, killed ones resumed.\n\n" + lines,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("name", choices=[*EXPERIMENTS, "all"], metavar="NAME", help=f"{', '.join(EXPERIMENTS)} or all")
@@ -38,11 +39,9 @@ def run(args: argparse.Namespace) -> int:
     names = list(EXPERIMENTS) if args.name == "all" else [args.name]
     out = []
     for name in names:
-        if args.name == "all" and EXPERIMENTS[name].needs_rgb:
-
-            if open_dataset(args.data)["train"].channels != 3:
-                print(f"alexnet experiment: skipping {name}: it needs RGB images", file=sys.stderr)
-                continue
+        if args.name == "all" and EXPERIMENTS[name].needs_rgb and open_dataset(args.data)["train"].channels != 3:
+            print(f"alexnet experiment: skipping {name}: it needs RGB images", file=sys.stderr)
+            continue
         result = run_experiment(
             name, args.data, args.out, seeds=args.seeds, epochs=args.epochs, max_steps=args.max_steps,
             overrides=args.overrides, train_eval=args.train_eval, progress=args.progress,
@@ -50,7 +49,6 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         out.append(result)
         if not args.json:
-
             print(format_table(result) + "\n")
     if args.json:
         print(json.dumps(out if len(out) != 1 else out[0], indent=2))

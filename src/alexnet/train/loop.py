@@ -270,14 +270,15 @@ class Trainer:
                     bar.update(1)
                 at_ckpt = st.step % cfg.checkpoint_every == 0
                 if st.step % cfg.log_every == 0 or at_ckpt:
-                    self._end_interval(interval, bar)
+                    error = self._end_interval(interval, bar)
                     if at_ckpt:
                         self._save_last()
-                if cfg.max_steps and st.step >= cfg.max_steps:
+                    stop = stop or (cfg.stop_train_error > 0 and error <= cfg.stop_train_error)
+                if stop or (cfg.max_steps and st.step >= cfg.max_steps):
                     stop = True
                     break
             self._check_finite(interval.mean_loss())
-            if stop and st.batch < len(self.loader):  # max_steps reached mid-epoch
+            if stop and st.batch < len(self.loader):  # max_steps or stop_train_error reached mid-epoch
                 self._save_last()
                 break
             last_val, finished = self._end_epoch()
@@ -287,8 +288,8 @@ class Trainer:
         return {"step": st.step, "epoch": st.epoch, "best_error": st.best_error, "best_epoch": st.best_epoch,
                 "last_validation": last_val.to_dict() if last_val else None, "run_dir": str(self.run.path)}  # fmt: skip
 
-    def _end_interval(self, interval: _Interval, bar: Any) -> None:
-        """A log line: the interval's one host sync."""
+    def _end_interval(self, interval: _Interval, bar: Any) -> float:
+        """A log line: the interval's one host sync. Returns the interval's running training error."""
         st = self.state
         mean_loss = interval.mean_loss()
         self._check_finite(mean_loss)
@@ -300,6 +301,7 @@ class Trainer:
         if bar is not None:
             bar.set_postfix(loss=f"{mean_loss:.3f}", img_s=f"{record['images_per_s']:.0f}", refresh=False)
         interval.reset()
+        return record["train_error"]
 
     def _end_epoch(self) -> tuple[EvalResult | None, bool]:
         """Validation, the schedule, best.pt and last.pt; True when the schedule has finished."""

@@ -1,0 +1,228 @@
+"""What every experiment shares: its definition, a run cache shared between experiments, the
+measurements of a finished run, and mean +- std / paired-difference summaries.
+
+A run is identified by its resolved training config and its data: two experiments whose arms
+train the same config (the reference arm of most CIFAR-10 ablations is the same preset run)
+share one run folder, RESULTS/runs/<arch>-<hash>, trained once. A killed run resumes from its
+last checkpoint; a finished one (result.json) is reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...config import TrainConfig, load_config
+from ...data import Store, open_dataset
+from ...data.loader import balanced_subset
+from ...errors import ConfigError, DataError
+from ...evaluate import evaluate_batches
+from ...files import write_text_atomic
+from ...inference import Predictor
+from ...runtime import environment
+from ...train import TrainingDiverged, train
+from ...train.rundir import RunDir
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One of the paper's claims as arms trained with seeds 0..n-1 and compared.
+
+    preset: the training preset every arm starts from (None: only `base`); base: settings for every
+    arm; arms: label -> its own settings (the first arm is the reference); epochs: the default
+    length; kind: "arms" (test/train error per arm), "sweep" (Fig. 1), "towers" (Fig. 3) or
+    "retrieval" (Fig. 4); paper: the paper's figure, for the summary table.
+    """
+
+    name: str
+    claim: str
+    paper: str
+    preset: str | None
+    base: tuple[str, ...]
+    arms: dict[str, tuple[str, ...]]
+    epochs: int
+    kind: str = "arms"
+    needs_rgb: bool = False
+    options: dict[str, Any] = field(default_factory=dict)  # kind-specific: the lr grid, thresholds, ...
+
+
+@dataclass
+class Context:
+    """One invocation: where the data and results are, and the settings that apply to every arm."""
+
+    exp: Experiment
+    data: Path
+    out: Path
+    splits: dict[str, Store]
+    seeds: int
+    epochs: int
+    max_steps: int
+    overrides: tuple[str, ...]
+    train_eval: int
+    progress: bool
+    log: Log | None
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def open(cls, exp: Experiment, data: str | os.PathLike[str], out: str | os.PathLike[str], *, seeds: int,
+             epochs: int | None, max_steps: int, overrides: Sequence[str], train_eval: int, progress: bool,
+             log: Log | None) -> Context:  # fmt: skip
+        if seeds < 1:
+            raise ConfigError(f"seeds must be >= 1, got {seeds}")
+        splits = open_dataset(data)
+        if "train" not in splits or not ({"test", "val"} & set(splits)):
+            raise DataError(f"{data} needs a train split and a test (or val) split; found {', '.join(splits)}")
+        if exp.needs_rgb and splits["train"].channels != 3:
+            raise DataError(f"{exp.name} needs RGB images (it is a claim about colour); {data} has "
+                            f"{splits['train'].channels}-channel images. Use CIFAR-10: alexnet prepare cifar10 OUT "
+                            "(or the JPEG tree: alexnet prepare DIR OUT --val-fraction 0.1)")  # fmt: skip
+        return cls(exp, Path(data), Path(out), splits, seeds, epochs or exp.epochs, max_steps, tuple(overrides),
+                   train_eval, progress, log)  # fmt: skip
+
+    @property
+    def train_store(self) -> Store:
+        return self.splits["train"]
+
+    def config(self, arm: str, seed: int, *extra: str) -> TrainConfig:
+        """The resolved settings of one arm and seed: preset, the experiment's base, the arm's own, the
+        caller's overrides, then ~25 log points per epoch (the training curves) and the seed."""
+        items = [*self.exp.base, f"epochs={self.epochs}", f"max_steps={self.max_steps}", f"eval_every={self.epochs}",
+                 "checkpoint_every=100000", *self.exp.arms[arm], *extra, *self.overrides]  # fmt: skip
+        probe = load_config(self.exp.preset, None, items)
+        per_epoch = max(1, (probe.data.train_subset or len(self.train_store)) // probe.batch_size)
+        return load_config(self.exp.preset, None, [*items, f"log_every={max(1, per_epoch // 25)}", f"seed={seed}"])
+
+    def run(self, cfg: TrainConfig, label: str, measure: bool = True) -> dict[str, Any]:
+        """Train `cfg` (or reuse its finished run) and measure it: the training curve, and with
+        `measure` the test error and the train error in eval mode. The record names its run folder."""
+        key = hashlib.sha256(json.dumps([cfg.to_dict(), str(self.data.resolve())], sort_keys=True).encode()).hexdigest()
+        run_dir = self.out / "runs" / f"{cfg.model.arch}-{key[:12]}"
+        done = run_dir / "result.json"
+        if done.is_file():
+            rec = json.loads(done.read_text())
+            if measure and not rec["diverged"] and "test_error" not in rec:  # trained for a sweep, wanted now
+                rec.update(measure_run(run_dir, self.splits, self.train_eval))
+                write_text_atomic(done, json.dumps(rec))
+            return rec
+        if self.log:
+            self.log(f"{self.exp.name}: {label}, seed {cfg.seed} ({cfg.epochs} epochs; {run_dir})")
+        t0 = time.perf_counter()
+        try:
+            fit = train(cfg, self.data, run_dir, resume=(run_dir / "last.pt").is_file(), progress=self.progress)
+            steps, diverged = fit["step"], False
+        except TrainingDiverged:  # a learning rate too high for the net: a result of a sweep, not an error
+            steps, diverged = None, True
+        metrics = RunDir(run_dir).metrics()
+        rec: dict[str, Any] = {"seed": cfg.seed, "run": str(run_dir), "steps": steps, "diverged": diverged,
+                               "seconds": round(time.perf_counter() - t0, 1),
+                               "curve": [(m["epoch"], m["train_error"]) for m in metrics if "train_error" in m]}  # fmt: skip
+        if measure and not diverged:
+            rec.update(measure_run(run_dir, self.splits, self.train_eval))
+        write_text_atomic(done, json.dumps(rec))
+        return rec
+
+    def finish(self, results: dict[str, Any], command_extra: Sequence[str] = ()) -> dict[str, Any]:
+        results.setdefault("experiment", self.exp.name)
+        results.setdefault("claim", self.exp.claim)
+        results.setdefault("paper", self.exp.paper)
+        results.update(data=str(self.data), epochs=self.epochs, max_steps=self.max_steps, seeds=self.seeds,
+                       train_eval=self.train_eval, overrides=list(self.overrides),
+                       env=environment("cuda" if "device=cuda" in " ".join(self.overrides) else "cpu"),
+                       seconds=round(time.perf_counter() - self.started, 1), command=self.command(command_extra))  # fmt: skip
+        return results
+
+    def command(self, extra: Sequence[str] = ()) -> str:
+        parts = ["alexnet", "experiment", self.exp.name, "--data", str(self.data), "--out", str(self.out),
+                 "--seeds", str(self.seeds), "--epochs", str(self.epochs), *extra]  # fmt: skip
+        if self.max_steps:
+            parts += ["--max-steps", str(self.max_steps)]
+        if self.train_eval != 10_000:
+            parts += ["--train-eval", str(self.train_eval)]
+        return shlex.join(parts + (["--set", *self.overrides] if self.overrides else []))
+
+
+def _batches(store: Store, indices: np.ndarray, batch_size: int = 500) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for s in range(0, len(indices), batch_size):
+        idx = indices[s : s + batch_size]
+        yield torch.from_numpy(store.read(idx)).permute(0, 3, 1, 2), torch.from_numpy(store.labels[idx])
+
+
+def measure_run(run_dir: Path, splits: dict[str, Store], train_eval: int) -> dict[str, float]:
+    """Top-1 error of the run's last checkpoint on the test split (with the run's validation views)
+    and, in eval mode, on `train_eval` of the images it trained on."""
+    predictor = Predictor.load(run_dir / "last.pt", device="cpu")
+    data_cfg = predictor.checkpoint["train_state"]["config"]["data"]
+    views = "ten-crop" if data_cfg.get("ten_crop_eval") else "flip" if data_cfg.get("flip_eval") else "center"
+    train_store, test = splits["train"], splits.get("test") or splits["val"]
+    subset = data_cfg.get("train_subset", 0)
+    pool = balanced_subset(train_store.labels, subset) if subset else np.arange(len(train_store))
+    sample = np.sort(np.random.default_rng(0).choice(pool, min(train_eval, len(pool)), replace=False))
+    out: dict[str, float] = {}
+    for key, store, idx, mode in (("test_error", test, np.arange(len(test)), views), ("train_error", train_store, sample, "center")):
+        r = evaluate_batches(predictor.model, _batches(store, idx), predictor.views(mode), predictor.num_classes, predictor.device)
+        out[key] = r.top1_error
+    out["gap"] = out["test_error"] - out["train_error"]
+    out["train_images"] = len(sample)
+    return out
+
+
+def epochs_to(curve: Sequence[Sequence[float]] | Sequence[dict[str, Any]], threshold: float) -> float | None:
+    """First epoch at which the running training error (per log interval) is at or below `threshold`."""
+    for point in curve:
+        epoch, error = (point["epoch"], point.get("train_error")) if isinstance(point, dict) else point
+        if error is not None and error <= threshold:
+            return float(epoch)
+    return None
+
+
+def summary(values: Sequence[float | None]) -> dict[str, Any]:
+    """mean +- std (ddof 1) of the values given; None counts as missing (not reached, diverged)."""
+    got = [v for v in values if v is not None]
+    if not got:
+        return {"mean": None, "std": None, "n": 0, "missing": len(values)}
+    return {"mean": float(np.mean(got)), "std": float(np.std(got, ddof=1)) if len(got) > 1 else 0.0, "n": len(got),
+            "missing": len(values) - len(got)}  # fmt: skip
+
+
+def paired(arms: dict[str, dict[str, Any]], keys: Sequence[str] = ("test_error", "train_error", "gap")) -> dict[str, Any]:
+    """Per arm, its difference from the reference (first) arm, seed by seed: mean +- std."""
+    names = list(arms)
+    ref = {r["seed"]: r for r in arms[names[0]]["runs"]}
+    return {arm: {k: summary([r.get(k) - ref[r["seed"]].get(k) if r.get(k) is not None and ref.get(r["seed"], {}).get(k)
+                              is not None else None for r in arms[arm]["runs"]]) for k in keys}
+            for arm in names[1:]}  # fmt: skip
+
+
+def pm(s: dict[str, Any], scale: float = 100.0, unit: str = "%", digits: int = 2) -> str:
+    """"mean +- std" of a summary, or why there is none."""
+    if s["mean"] is None:
+        return "not reached"
+    text = f"{scale * s['mean']:.{digits}f} +- {scale * s['std']:.{digits}f}{unit}"
+    return text + (f" ({s['missing']} of {s['n'] + s['missing']} not reached)" if s["missing"] else "")
+
+
+def footer(results: dict[str, Any]) -> str:
+    """The line under every table: seeds, length, date, machine, commit, compute time."""
+    env = results.get("env", {})
+    return (f"{results['seeds']} seed(s), {results['epochs']} epoch(s)"
+            + (f", at most {results['max_steps']} steps" if results["max_steps"] else "")
+            + f"; {env.get('date', '?')[:10]}, {env.get('processor', '?')} x{env.get('cpu_count', '?')}, "
+            f"torch {env.get('torch', '?')}, commit {env.get('git_commit', '?')}, {results.get('seconds', 0) / 60:.1f} min.")  # fmt: skip
+
+
+def write_outputs(out: Path, results: dict[str, Any], table: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "results.json", json.dumps(results, indent=1) + "\n")
+    write_text_atomic(out / "table.md", table + "\n")

@@ -1,0 +1,101 @@
+"""Fig. 1 (section 3.1): how many epochs a net needs to reach 25% training error with ReLUs and with
+tanh units, each at its own fastest learning rate.
+
+"The learning rates for each network were chosen independently to make training as fast as
+possible. No regularization of any kind was employed." So every arm sweeps one grid of learning
+rates (fixed in the experiment's definition, the same for both arms) with seed 0; the rate that
+reaches the threshold in the fewest epochs is the arm's, and seeds 1.. repeat it. A run stops
+once its running training error (the error over the batches it trains on, what the paper plots)
+reaches the threshold; a rate that diverges or does not get there within the epochs is reported
+as such.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...figures import _plt, _save
+from .common import Context, epochs_to, footer, pm, summary, write_outputs
+
+
+def run_sweep(ctx: Context) -> dict[str, Any]:
+    grid = ctx.exp.options["lrs"]
+    stop = f"stop_train_error={ctx.exp.options['threshold']}"
+    # the threshold the runs stop at, which `--set stop_train_error=...` may change, is the one reported
+    threshold = ctx.config(next(iter(ctx.exp.arms)), 0, stop).stop_train_error
+    arms: dict[str, Any] = {}
+    for arm, own in ctx.exp.arms.items():
+        sweep = []
+        for lr in grid:
+            rec = ctx.run(ctx.config(arm, 0, f"optim.lr={lr}", stop), f"{arm} at lr {lr}", measure=False)
+            reached = None if rec["diverged"] else epochs_to(rec["curve"], threshold)
+            sweep.append({"lr": lr, "epochs_to": reached, "diverged": rec["diverged"], "run": rec["run"]})
+        fastest = [s for s in sweep if s["epochs_to"] is not None]
+        best = min(fastest, key=lambda s: (s["epochs_to"], -s["lr"]))["lr"] if fastest else None
+        runs = [] if best is None else [ctx.run(ctx.config(arm, seed, f"optim.lr={best}", stop), f"{arm} at lr {best}",
+                                                measure=False) for seed in range(ctx.seeds)]  # fmt: skip
+        arms[arm] = {"overrides": list(own), "sweep": sweep, "best_lr": best, "runs": runs,
+                     "summary": {"epochs_to": summary([epochs_to(r["curve"], threshold) for r in runs])}}  # fmt: skip
+    names = list(arms)
+    relu, tanh = (arms[n]["runs"] for n in names[:2])
+    ratios = [epochs_to(b["curve"], threshold) / epochs_to(a["curve"], threshold)
+              for a, b in zip(relu, tanh) if epochs_to(a["curve"], threshold) and epochs_to(b["curve"], threshold)]  # fmt: skip
+    results = ctx.finish({"arms": arms, "threshold": threshold, "lrs": list(grid), "ratio": summary(ratios)})
+    folder = ctx.out / ctx.exp.name
+    write_outputs(folder, results, format_sweep(results))
+    plot_fig1(results, folder / "plot.png")
+    return results
+
+
+def format_sweep(results: dict[str, Any]) -> str:
+    arms, t = results["arms"], results["threshold"]
+    names = list(arms)
+    lines = [f"### {results['experiment']}", "", f"Paper: {results['claim']}.", "", f"`{results['command']}`", "",
+             f"Epochs to {100 * t:.0f}% training error, seed 0, per learning rate:", "",
+             "| learning rate | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]  # fmt: skip
+    for i, lr in enumerate(results["lrs"]):
+        cells = []
+        for n in names:
+            s = arms[n]["sweep"][i]
+            cells.append("diverged" if s["diverged"] else "not reached" if s["epochs_to"] is None else f"{s['epochs_to']:.2f}")
+        lines.append(f"| {lr:g} | " + " | ".join(cells) + " |")
+    lines += ["", f"| arm | fastest learning rate | epochs to {100 * t:.0f}% (mean +- std over seeds) |", "|---|---|---|"]
+    for n in names:
+        best = arms[n]["best_lr"]
+        lines.append(f"| {n} | {'none reached' if best is None else f'{best:g}'} | {pm(arms[n]['summary']['epochs_to'], 1.0, '')} |")
+    r = results["ratio"]
+    ratio = f"{r['mean']:.2f} +- {r['std']:.2f}x (seed-paired, n={r['n']})" if r["mean"] is not None else "n/a"
+    lines += ["", f"{names[1]} / {names[0]} epochs to {100 * t:.0f}%: {ratio}; paper: about 6x."]
+    return "\n".join([*lines, "", footer(results)])
+
+
+def plot_fig1(results: dict[str, Any], out: str | os.PathLike[str]) -> Path:
+    """The replica of Fig. 1 (training error against epochs, ReLU solid, tanh dashed), and the sweep."""
+    plt = _plt()
+    fig, (ax, ax_s) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1.4, 1]})
+    styles = ["-", "--", ":", "-."]
+    for i, (arm, a) in enumerate(results["arms"].items()):
+        for j, r in enumerate(a["runs"]):
+            c = np.asarray(r["curve"], dtype=np.float64)
+            if len(c):
+                ax.plot(c[:, 0], c[:, 1], styles[i % 4], color="black", lw=1.2,
+                        label=f"{arm} (lr {a['best_lr']:g})" if j == 0 else None)  # fmt: skip
+        lrs = [s["lr"] for s in a["sweep"]]
+        ax_s.plot(lrs, [s["epochs_to"] if s["epochs_to"] is not None else np.nan for s in a["sweep"]],
+                  styles[i % 4] + "o", color="black", label=arm)  # fmt: skip
+    ax.axhline(results["threshold"], color="grey", lw=0.8)
+    ax.set(xlabel="epochs", ylabel="training error rate", ylim=(0, 0.8), title="training error (one line per seed)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    ax_s.set(xscale="log", xlabel="learning rate", ylabel=f"epochs to {100 * results['threshold']:.0f}%",
+             title="the sweep (seed 0; gaps: not reached or diverged)")  # fmt: skip
+    if ax_s.get_legend_handles_labels()[0]:
+        ax_s.legend(fontsize=8)
+    for a in (ax, ax_s):
+        a.grid(alpha=0.3)
+    fig.suptitle(f"{results['experiment']}: Fig. 1 re-run, {results['seeds']} seed(s)", fontsize=10)
+    return _save(fig, out)
