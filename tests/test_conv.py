@@ -80,8 +80,10 @@ def test_bf16_autocast_matches_autocast_conv():
         torch.testing.assert_close(p.grad, q.grad, rtol=2e-2, atol=2e-2)  # bf16 products either way
 
 
-@pytest.mark.parametrize("case", ["small batch", "no grad", "frozen weight", "trace", "no chunk"])
-def test_other_cases_use_the_standard_op(case):
+@pytest.mark.parametrize("case", ["small batch", "no grad", "frozen weight", "trace", "no chunk", "switched off"])
+def test_other_cases_use_the_standard_op(monkeypatch, case):
+    if case == "switched off":
+        monkeypatch.setenv("ALEXNET_FAST_PATHS", "0")
     conv = Conv2d(4, 6, 3, weight_grad_chunk=None if case == "no chunk" else 4)
     x = torch.randn(3 if case == "small batch" else 10, 4, 9, 9)
     if case == "trace":
@@ -112,3 +114,24 @@ def test_only_the_image_layer_of_imagenet_size_nets_is_sliced():
     assert chunks == [64, None, None, None, None]
     small = create_model("alexnet-small", num_classes=10, in_chans=1, input_size=28)
     assert all(m.weight_grad_chunk is None for m in small.modules() if isinstance(m, Conv2d))
+
+
+def test_sliced_gradients_under_torch_compile_and_torch_func():
+    """The slicing is a traceable autograd.Function: compiled and torch.func gradients are nn.Conv2d's."""
+    ref, ours = _pair(True, padding=1)
+    x, g = torch.randn(10, 4, 9, 9), torch.randn(10, 6, 9, 9)
+    ref(x).backward(g)
+    from torch._dynamo.testing import AotEagerAndRecordGraphs
+
+    torch._dynamo.reset()
+    backend = AotEagerAndRecordGraphs()
+    torch.compile(ours, fullgraph=True, backend=backend)(x).backward(g)
+    (backward,) = backend.bw_graphs
+    sliced = [n for n in backward.graph.nodes if n.target is torch.ops.aten.convolution_backward.default]
+    assert [n.args[1].meta["val"].shape[0] for n in sliced] == [4, 4, 2]  # the compiled backward still slices
+    for p, q in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-5)
+    params = {k: p.detach() for k, p in ours.named_parameters()}
+    grads = torch.func.grad(lambda p: (torch.func.functional_call(ours, p, (x,)) * g).sum())(params)
+    for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(grads[name], q.grad, rtol=1e-5, atol=1e-5)

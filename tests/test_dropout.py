@@ -49,8 +49,10 @@ def test_the_seed_fixes_the_mask_and_the_gradient_is_the_mask():
     assert odd.dtype == torch.bfloat16 and set(odd.unique().tolist()) <= {0.0, 2.0}
 
 
-@pytest.mark.parametrize("case", ["eval", "p=0.3", "inplace"])
-def test_other_cases_are_torch_dropout(case):
+@pytest.mark.parametrize("case", ["eval", "p=0.3", "inplace", "switched off"])
+def test_other_cases_are_torch_dropout(monkeypatch, case):
+    if case == "switched off":
+        monkeypatch.setenv("ALEXNET_FAST_PATHS", "0")
     layer = Dropout(0.3 if case == "p=0.3" else 0.5, inplace=case == "inplace")
     layer.train(case != "eval")
     x = torch.randn(4, 64)

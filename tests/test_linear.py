@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from alexnet.errors import ConfigError
 from alexnet.models import create_model, layers
 from alexnet.models.layers import Linear
 
@@ -47,12 +48,19 @@ def test_frozen_input_skips_the_input_gradient(monkeypatch):
     assert layer.weight.grad is not None and layer.bias.grad is not None
 
 
-@pytest.mark.parametrize("case", ["float64", "autocast", "trace", "3-d"])
+@pytest.mark.parametrize("case", ["float64", "autocast", "trace", "3-d", "switched off", "export"])
 def test_other_cases_use_the_standard_op(monkeypatch, case):
     layer = Linear(16, 4)
     calls = _count_calls(monkeypatch) if layers._LINEAR_OP is not None else []
     x = torch.randn(3, 16)
-    if case == "float64":
+    if case == "switched off":
+        monkeypatch.setenv("ALEXNET_FAST_PATHS", "0")
+        torch.testing.assert_close(layer(x), nn.functional.linear(x, layer.weight, layer.bias))
+    elif case == "export":  # an exported graph holds the standard op
+        program = torch.export.export(layer, (x,))
+        assert "aten.linear.default" in {str(n.target) for n in program.graph.nodes}
+        calls.clear()  # (the exporter's own eager check call)
+    elif case == "float64":
         out = layer.double()(x.double())
         assert out.dtype == torch.float64
     elif case == "autocast":
@@ -73,3 +81,22 @@ def test_paper_model_uses_it_for_every_fc_layer():
     fcs = [m for m in model.modules() if isinstance(m, nn.Linear)]
     assert len(fcs) == 3 and all(isinstance(m, Linear) for m in fcs)
     assert list(model.state_dict())[-2:] == ["classifier.fc8.weight", "classifier.fc8.bias"]
+
+
+def test_the_switch_names_fast_paths_and_refuses_unknown_ones(monkeypatch):
+    x = torch.randn(3, 16)
+    monkeypatch.setenv("ALEXNET_FAST_PATHS", "onednn-linear, bit-dropout")
+    assert layers.fast_paths_enabled() == {"onednn-linear", "bit-dropout"}
+    assert layers.fast_path("onednn-linear", x) and not layers.fast_path("fused-lrn", x)
+    monkeypatch.setenv("ALEXNET_FAST_PATHS", "onednn-linaer")
+    with pytest.raises(ConfigError, match="unknown fast path onednn-linaer; valid: conv-weight-grad-slices"):
+        layers.fast_paths_enabled()
+    try:
+        layers.set_fast_paths(False)  # the function beats the variable
+        assert layers.fast_paths_enabled() == frozenset()
+        layers.set_fast_paths(["fused-lrn"])
+        assert layers.fast_paths_enabled() == {"fused-lrn"}
+    finally:
+        layers.set_fast_paths(None)
+    monkeypatch.delenv("ALEXNET_FAST_PATHS")
+    assert layers.fast_paths_enabled() == set(layers.FAST_PATHS)

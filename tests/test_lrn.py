@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from alexnet import kernels
 from alexnet.models.lrn import LocalResponseNorm, backend_for, local_response_norm
 
 
@@ -95,3 +96,37 @@ def test_fused_bf16_is_the_float32_result_rounded_once(monkeypatch, shape, chann
     yf.backward(g.float())
     assert xb.grad.dtype == torch.bfloat16
     torch.testing.assert_close(xb.grad, xf.grad.bfloat16(), rtol=0, atol=0, equal_nan=True)
+
+
+def test_the_fast_path_switch_turns_the_fused_kernel_off_unless_forced(monkeypatch):
+    x = torch.randn(2, 8, 3, 3)
+    monkeypatch.delenv("ALEXNET_LRN_BACKEND", raising=False)
+    monkeypatch.setenv("ALEXNET_FAST_PATHS", "0")
+    assert backend_for(x) == "torch"
+    monkeypatch.setenv("ALEXNET_FAST_PATHS", "fused-lrn")
+    assert backend_for(x) == ("fused" if kernels.available() else "torch")
+    monkeypatch.setenv("ALEXNET_FAST_PATHS", "0")
+    monkeypatch.setenv("ALEXNET_LRN_BACKEND", "torch")
+    assert backend_for(x) == "torch"
+    if kernels.available():  # the LRN's own variable is the more specific choice
+        monkeypatch.setenv("ALEXNET_LRN_BACKEND", "fused")
+        assert backend_for(x) == "fused"
+
+
+def test_the_kernel_cache_key_names_the_cpu(monkeypatch, tmp_path):
+    """A cache folder shared by machines (a network home) must not hand one CPU another's -march=native binary."""
+    sources = {"a.cpp": b"int f();"}
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(kernels, "CPUINFO", cpuinfo)
+
+    def key(flags: str, mhz: int) -> str:
+        cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: X\nmodel name\t: Y\ncpu MHz\t\t: {mhz}\nflags\t\t: {flags}\n\n"
+                           "processor\t: 1\nflags\t\t: other\n")  # fmt: skip
+        return kernels.cache_key(sources)
+
+    assert key("fpu avx2", 2600) == key("fpu avx2", 3100)  # the clock, which varies, is not part of it
+    assert key("fpu avx2", 2600) != key("fpu avx2 avx512f", 2600)
+    assert "avx512f" in kernels.cpu_signature() and "other" not in kernels.cpu_signature()
+    known = key("fpu avx2", 2600)
+    cpuinfo.unlink()  # no /proc/cpuinfo (macOS, Windows): the platform's names
+    assert kernels.cpu_signature() and kernels.cache_key(sources) != known

@@ -1,11 +1,16 @@
-"""The package's C++ CPU kernels (models/csrc), built as one extension on first use.
+"""The package's C++ CPU kernels (models/csrc), built as one extension on first use, and the
+plumbing that makes the ops calling them differentiable under every PyTorch tool.
 
-- the fused LRN, forward and backward (models/lrn.py);
-- the paper's SGD update in one pass (train/optim.py, PaperSGD).
+- the fused LRN, forward and backward (models/lrn.py, op `alexnet::lrn`);
+- the paper's SGD update in one pass (train/optim.py, op `alexnet::paper_sgd_`).
 
 Built with torch's extension builder (~1 min) the first time anything asks for it, or by
-`make setup`, and cached per machine under ~/.cache/alexnet by the hash of the sources, flags and
-torch version. Where no compiler is found every caller falls back to plain torch ops.
+`make setup`, and cached under `alexnet.files.cache_dir()` by the hash of the sources, flags,
+torch version and CPU. Where no compiler is found every caller falls back to plain torch ops.
+
+The kernels are reached only through `torch.library` custom ops (defined next to their Python
+callers), each with a fake implementation, so torch.export, torch.compile and torch.func see one
+opaque op with known output shapes instead of a pybind call they cannot trace.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import platform
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +34,45 @@ _module: Any = None  # the loaded extension, False once building or loading fail
 CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-strict-aliasing", "-fopenmp"]
 SOURCES = ("module.cpp", "lrn_cpu.cpp", "sgd_cpu.cpp")
 CSRC = Path(__file__).parent / "models" / "csrc"
+CPUINFO = Path("/proc/cpuinfo")
 
 
-def _build_dir(sources: dict[str, bytes]) -> tuple[str, Path]:
-    """A build folder named by the hash of the sources, flags and torch version, holding the sources.
+def cpu_signature() -> str:
+    """What `-march=native` compiles for on this machine: the first CPU's vendor, model and
+    instruction-set flags from /proc/cpuinfo; elsewhere the platform's machine and processor names.
 
-    torch's extension builder keys its cache on the module name and rebuilds whenever the
-    sources' paths change, so every fresh clone paid the compile again on its first training
-    step. Copied into a folder named by their content hash, the same kernels are built once per
-    machine (per torch version and flags) whichever checkout asks for them.
+    Part of the build's cache key, so a cache folder shared by machines with different CPUs (a
+    network home) never hands one of them a binary with instructions it lacks.
     """
+    try:
+        first = CPUINFO.read_text(errors="replace").split("\n\n", 1)[0]
+    except OSError:
+        first = ""
+    wanted = ("vendor_id", "cpu family", "model", "model name", "flags", "Features", "CPU implementer", "CPU part")
+    lines = [line for line in first.splitlines() if line.split(":", 1)[0].strip() in wanted]
+    if lines:
+        return "\n".join(" ".join(line.split()) for line in lines)
+    return f"{platform.system()} {platform.machine()} {platform.processor()}"
+
+
+def cache_key(sources: dict[str, bytes]) -> str:
+    """Hash of everything that determines the binary: sources, flags, torch version and CPU."""
     digest = hashlib.sha256()
     for name in sorted(sources):
         digest.update(name.encode() + b"\0" + sources[name] + b"\0")
-    digest.update(" ".join(CFLAGS).encode() + torch.__version__.encode())
-    key = digest.hexdigest()[:16]
+    for part in (" ".join(CFLAGS), torch.__version__, cpu_signature()):
+        digest.update(part.encode() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _build_dir(sources: dict[str, bytes]) -> tuple[str, Path]:
+    """A build folder named by `cache_key`, holding copies of the sources.
+
+    torch's extension builder keys its cache on the module name and rebuilds whenever the
+    sources' paths change; copied into a folder named by their content hash, the kernels build
+    once per machine (per torch version, flags and CPU) whichever checkout asks for them.
+    """
+    key = cache_key(sources)
     user = os.getuid() if hasattr(os, "getuid") else "user"
     for root in (cache_dir(), Path(tempfile.gettempdir()) / f"alexnet-{user}"):
         folder = root / f"kernels-{key}"
@@ -82,3 +113,33 @@ def load() -> Any:
 def available() -> bool:
     """Build the kernels now if needed (`make setup` calls this); False where they cannot be built."""
     return load() is not None
+
+
+def differentiable(op: torch._ops.OpOverload) -> Callable[[type], type]:
+    """Class decorator: an autograd.Function whose forward calls custom op `op` also becomes `op`'s
+    registered gradient, so the op is differentiable wherever it appears (eager, torch.compile
+    graphs, the graphs torch.export writes).
+
+    Callers apply the Function rather than the op because the wrapper register_autograd makes in
+    torch 2.13 has no setup_context and torch.func.grad refuses it (pytorch/pytorch#170834); a
+    new-style Function works under torch.func, and under vmap it runs the op's own vmap rule
+    (`register_vmap`). The Function's forward names its arguments: torch.compile cannot inline a
+    `*args` forward under no_grad (torch 2.13).
+
+    First derivatives only: the backward runs without recording (the ops it calls have no gradient
+    formula of their own), so a second derivative through `op` comes out without this term.
+    """
+
+    def register(function: type) -> type:
+        backward = function.backward
+
+        def first_order(ctx: Any, *grads: Any) -> Any:
+            with torch.no_grad():
+                return backward(ctx, *grads)
+
+        function.backward = staticmethod(first_order)
+        function.generate_vmap_rule = True
+        torch.library.register_autograd(op, first_order, setup_context=function.setup_context)
+        return function
+
+    return register

@@ -1,15 +1,23 @@
 """Building blocks shared by the model files: activations, pooling choices, dropout, the convolution,
-fully connected and locally connected layers."""
+fully connected and locally connected layers.
+
+Conv2d, Linear and Dropout here (and LocalResponseNorm in lrn.py) have CPU fast paths, chosen in
+one place: FAST_PATHS and `fast_path` below. `ALEXNET_FAST_PATHS=0` (or `set_fast_paths(False)`)
+turns them all off, for A/B runs and debugging.
+"""
 
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import kernels
 from ..errors import ConfigError
 
 ACTIVATIONS = ("relu", "tanh")
@@ -41,9 +49,64 @@ def make_pool(pooling: str, padding: int = 0, ceil_mode: bool = False) -> nn.Max
     return nn.MaxPool2d(kernel, stride, padding=padding, ceil_mode=ceil_mode)
 
 
-def _traced() -> bool:
-    """True under torch.jit scripting/tracing or torch.compile: exporters and compilers see standard ops."""
-    return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+# ---------------------------------------------------------------------------- CPU fast paths
+# Each computes what the standard torch layer computes (to float rounding), faster on the CPU;
+# the measurements behind each are in docs/benchmarks.md ("Training step").
+FAST_PATHS: dict[str, str] = {
+    "conv-weight-grad-slices": "Conv2d(weight_grad_chunk=n): a batch's weight gradient summed over slices of n "
+    "images, below the batch size where oneDNN leaves its direct kernel for a slower GEMM path",
+    "onednn-linear": "Linear: float32 products in oneDNN's matmul rather than torch's default BLAS (MKL sgemm, "
+    "slow on AMD CPUs)",
+    "bit-dropout": "Dropout(0.5): the training mask from the bits of random 64-bit words, not a Bernoulli draw "
+    "per unit",
+    "fused-lrn": "LocalResponseNorm: the fused C++ kernel (csrc/lrn_cpu.cpp) rather than torch ops",
+}
+_switch: frozenset[str] | None = None  # set_fast_paths; None: ALEXNET_FAST_PATHS decides
+
+
+def set_fast_paths(enabled: bool | Iterable[str] | None) -> None:
+    """Switch the CPU fast paths for this process: True or False for all, a set of FAST_PATHS names
+    for those only, None to follow ALEXNET_FAST_PATHS again (for A/B runs and debugging)."""
+    global _switch
+    if enabled is None or isinstance(enabled, bool):
+        _switch = None if enabled is None else frozenset(FAST_PATHS) if enabled else frozenset()
+        return
+    _switch = _checked_names(enabled, "set_fast_paths")
+
+
+def _checked_names(names: Iterable[str], where: str) -> frozenset[str]:
+    chosen = frozenset(names)
+    unknown = sorted(chosen - FAST_PATHS.keys())
+    if unknown:
+        raise ConfigError(f"{where}: unknown fast path {', '.join(unknown)}; valid: {', '.join(FAST_PATHS)}")
+    return chosen
+
+
+def fast_paths_enabled() -> frozenset[str]:
+    """The fast paths switched on: set_fast_paths, else ALEXNET_FAST_PATHS (1/all, the default;
+    0/none; or a comma-separated list of FAST_PATHS names)."""
+    if _switch is not None:
+        return _switch
+    value = os.environ.get("ALEXNET_FAST_PATHS", "all").strip()
+    if value in ("1", "all", ""):
+        return frozenset(FAST_PATHS)
+    if value in ("0", "none"):
+        return frozenset()
+    return _checked_names((v.strip() for v in value.split(",") if v.strip()), "ALEXNET_FAST_PATHS")
+
+
+def fast_path(name: str, x: Tensor) -> bool:
+    """Whether fast path `name` (a FAST_PATHS key) runs on input `x`: the one rule every fast layer follows.
+
+    Only on the CPU, only while switched on (fast_paths_enabled), and never while torch.export,
+    torch.onnx.export or torch.jit capture a graph: a captured graph holds the standard op, which
+    every runtime knows. torch.compile and torch.func keep them (they are registered ops or
+    traceable Functions). Each layer adds the conditions of its own kernel (dtype, shape).
+    """
+    assert name in FAST_PATHS, name
+    if x.device.type != "cpu" or torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_exporting():
+        return False
+    return name in fast_paths_enabled()
 
 
 class _ChunkedWeightGradConv(torch.autograd.Function):
@@ -52,16 +115,22 @@ class _ChunkedWeightGradConv(torch.autograd.Function):
     The input gradient is one call over the whole batch, as in the standard backward.
     """
 
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, conv: Conv2d, chunk: int) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x, weight)
-        ctx.geometry = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
-        ctx.bias_sizes = [weight.shape[0]] if bias is not None else None
-        ctx.chunk = chunk
-        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    generate_vmap_rule = True
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def forward(x: Tensor, weight: Tensor, bias: Tensor | None, geometry: tuple, chunk: int) -> Tensor:  # type: ignore[override]
+        stride, padding, dilation, groups = geometry
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        x, weight, bias, geometry, chunk = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.geometry, ctx.chunk = geometry, chunk
+        ctx.bias_sizes = [weight.shape[0]] if bias is not None else None
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor):  # type: ignore[override]
         x, weight = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.geometry
         backward = torch.ops.aten.convolution_backward
@@ -84,21 +153,15 @@ class _ChunkedWeightGradConv(torch.autograd.Function):
         return gx, gw, gb, None, None
 
 
-# Slice size for the weight gradient of an ImageNet-size net's image layer (conv1): below oneDNN's
-# switch to its GEMM path at ~110 images (Conv2d).
+# Slice size for the weight gradient of an ImageNet-size net's image layer (conv1): below the
+# batch (~110 for the paper's conv1) where oneDNN leaves its direct kernel (docs/benchmarks.md).
 IMAGE_LAYER_WEIGHT_GRAD_CHUNK = 64
 
 
 class Conv2d(nn.Conv2d):
-    """nn.Conv2d (same parameters and state dict); on the CPU, with `weight_grad_chunk` set, the
-    weight gradient of a larger batch is summed over slices of that many images.
-
-    Why: oneDNN computes the paper's conv1 weight gradient (3 -> 96 channels, 11x11/4 on 227x227)
-    with its direct AVX-512 kernel up to a batch of ~100 images, and above that falls back to a
-    GEMM path 2-2.5x slower per image: at the paper's batch of 128 that one gradient took ~410 ms
-    of a ~3.1 s step, against ~190 ms as two slices of 64 (docs/benchmarks.md). The sum over
-    slices is the same gradient, to float rounding.
-    """
+    """nn.Conv2d (same parameters and state dict); with `weight_grad_chunk` set, a larger batch's
+    weight gradient is summed over slices of that many images (fast path "conv-weight-grad-slices"):
+    the same gradient, to float rounding, from oneDNN's faster kernel for the smaller problem."""
 
     def __init__(self, *args: Any, weight_grad_chunk: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -110,8 +173,7 @@ class Conv2d(nn.Conv2d):
         chunk = self.weight_grad_chunk
         if (
             chunk is None
-            or _traced()
-            or x.device.type != "cpu"
+            or not fast_path("conv-weight-grad-slices", x)
             or x.dim() != 4
             or x.shape[0] <= chunk
             or not (torch.is_grad_enabled() and self.weight.requires_grad)
@@ -124,8 +186,9 @@ class Conv2d(nn.Conv2d):
             dtype = torch.get_autocast_dtype("cpu")
             x, weight = x.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
+        geometry = (list(self.stride), list(self.padding), list(self.dilation), self.groups)
         with torch.autocast("cpu", enabled=False):
-            return _ChunkedWeightGradConv.apply(x, weight, bias, self, chunk)
+            return _ChunkedWeightGradConv.apply(x, weight, bias, geometry, chunk)
 
     def extra_repr(self) -> str:
         extra = f", weight_grad_chunk={self.weight_grad_chunk}" if self.weight_grad_chunk is not None else ""
@@ -133,17 +196,13 @@ class Conv2d(nn.Conv2d):
 
 
 class Dropout(nn.Dropout):
-    """nn.Dropout; at the paper's p = 0.5 the training mask comes from random 64-bit words, one bit
-    per unit, instead of one Bernoulli draw per unit.
-
-    torch's CPU dropout spends ~4.5 ms on a (64, 4096) fc activation drawing 262,144 Bernoulli
-    samples; 4,096 random words unpacked into the same number of fair bits take ~0.3 ms. Each
-    unit is still kept with probability 1/2 (to within 2^-64), independently, from torch's generator (so
-    torch.manual_seed still fixes the masks), and the kept units are scaled by 2 as before.
-    """
+    """nn.Dropout; at the paper's p = 0.5 in training (fast path "bit-dropout") the mask comes from
+    random 64-bit words, one bit per unit: the same distribution (each unit kept with probability 1/2,
+    to within 2^-64, independently, scaled by 2), drawn from torch's generator (torch.manual_seed
+    fixes it) at a fraction of the cost of one Bernoulli draw per unit."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p != 0.5 or self.inplace or _traced():
+        if not self.training or self.p != 0.5 or self.inplace or not fast_path("bit-dropout", x):
             return super().forward(x)
         n = x.numel()
         words = torch.randint(-(2**63), 2**63 - 1, ((n + 63) // 64, 1), dtype=torch.int64, device=x.device)
@@ -156,43 +215,59 @@ class Dropout(nn.Dropout):
 _LINEAR_OP: Any = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
 
 
-class _OneDNNLinear(torch.autograd.Function):
-    """y = x W^T + b with the forward and both gradients as oneDNN matmuls.
+@torch.library.custom_op("alexnet::linear", mutates_args=())
+def _onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """y = x W^T + b as a oneDNN matmul (2-D float32 CPU tensors)."""
+    return _LINEAR_OP(x, weight, bias, "none", [], "")
 
-    torch's float32 CPU matmul is MKL's sgemm, which on the AMD machines we train on runs the
-    fc layers' batch-64 GEMMs at ~100-120 GFLOP/s; oneDNN's matmul, which dispatches on the
-    instruction set rather than the vendor, runs the same products at ~150-175 (figures in
-    docs/benchmarks.md). The weight gradient, a product over the batch that writes the whole
-    weight, is one too: grad^T x = grad^T (x^T)^T, with x^T as the "weight" operand.
-    """
+
+@_onednn_linear.register_fake
+def _onednn_linear_fake(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+@_onednn_linear.register_vmap
+def _onednn_linear_vmap(info: Any, in_dims: tuple, x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, int]:
+    # batched operands (per-sample gradients, model ensembles) in standard broadcasting ops
+    x, weight, bias = (t.movedim(d, 0) if t is not None and d is not None else t for t, d in zip((x, weight, bias), in_dims))
+    out = torch.matmul(x, weight.transpose(-1, -2))
+    if bias is not None:
+        out = out + (bias.unsqueeze(-2) if in_dims[2] is not None else bias)
+    return out, 0
+
+
+@kernels.differentiable(torch.ops.alexnet.linear.default)
+class _OneDNNLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # type: ignore[override]
+        return torch.ops.alexnet.linear(x, weight, bias)
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # type: ignore[override]
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        x, weight, bias = inputs
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return _LINEAR_OP(x, weight, bias, "none", [], "")
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        # both gradients are oneDNN matmuls too; the weight's is grad^T x = grad^T (x^T)^T, x^T as the "weight"
         x, weight = ctx.saved_tensors
         grad = grad.contiguous()
-        gx = _LINEAR_OP(grad, weight.t(), None, "none", [], "") if ctx.needs_input_grad[0] else None
-        gw = _LINEAR_OP(grad.t().contiguous(), x.t(), None, "none", [], "") if ctx.needs_input_grad[1] else None
+        gx = torch.ops.alexnet.linear(grad, weight.t(), None) if ctx.needs_input_grad[0] else None
+        gw = torch.ops.alexnet.linear(grad.t().contiguous(), x.t(), None) if ctx.needs_input_grad[1] else None
         gb = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return gx, gw, gb
 
 
-def _onednn_eligible(x: Tensor, weight: Tensor) -> bool:
-    if _LINEAR_OP is None or x.device.type != "cpu" or x.dim() != 2:
-        return False
-    if x.dtype != torch.float32 or weight.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
-        return False  # bf16 autocast already runs its linears in oneDNN
-    return not _traced()
-
-
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """F.linear, with float32 CPU matrices multiplied by oneDNN (see _OneDNNLinear)."""
-    if _onednn_eligible(x, weight):
+    """F.linear; 2-D float32 CPU products in oneDNN (fast path "onednn-linear")."""
+    if (
+        _LINEAR_OP is not None
+        and x.dim() == 2
+        and x.dtype == weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")  # bf16 autocast already runs its linears in oneDNN
+        and fast_path("onednn-linear", x)
+    ):
         return _OneDNNLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
 

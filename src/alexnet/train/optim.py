@@ -55,17 +55,30 @@ class PaperSGD(torch.optim.Optimizer):
                 params.append(p)
                 grads.append(p.grad)
                 vels.append(state["velocity"])
-            if not params:
-                continue
-            if _one_pass(params, grads, vels):
-                kernels.load().paper_sgd_(params, grads, vels, lr, mom, wd)
-                continue
-            torch._foreach_mul_(vels, mom)
-            if wd:
-                torch._foreach_add_(vels, params, alpha=-wd * lr)
-            torch._foreach_add_(vels, grads, alpha=-lr)
-            torch._foreach_add_(params, vels)
+            if params:
+                _paper_sgd_(params, grads, vels, lr, mom, wd)
         return loss
+
+
+@torch.library.custom_op("alexnet::paper_sgd_", mutates_args=("params", "velocities"))
+def _paper_sgd_(params: list[Tensor], grads: list[Tensor], velocities: list[Tensor], lr: float, momentum: float,
+                weight_decay: float) -> None:  # fmt: skip
+    """The update of one parameter group in place; an op, so torch.compile and torch.export see one
+    opaque step with known effects instead of a pybind call they cannot trace."""
+    if _one_pass(params, grads, velocities):
+        kernels.load().paper_sgd_(params, grads, velocities, lr, momentum, weight_decay)
+        return
+    torch._foreach_mul_(velocities, momentum)
+    if weight_decay:
+        torch._foreach_add_(velocities, params, alpha=-weight_decay * lr)
+    torch._foreach_add_(velocities, grads, alpha=-lr)
+    torch._foreach_add_(params, velocities)
+
+
+@_paper_sgd_.register_fake
+def _paper_sgd_fake(params: list[Tensor], grads: list[Tensor], velocities: list[Tensor], lr: float, momentum: float,
+                    weight_decay: float) -> None:  # fmt: skip
+    return None
 
 
 def _one_pass(params: list[Tensor], grads: list[Tensor], vels: list[Tensor]) -> bool:
