@@ -7,11 +7,15 @@ import pytest
 import torch
 
 from alexnet.checkpoint import load_checkpoint, save_checkpoint
-from alexnet.preprocess import Preprocess
 from alexnet.cli import main
 from alexnet.errors import CheckpointError, ConfigError
-from alexnet.interop.export import TraceableLRN, export_checkpoint, load_safetensors, read_safetensors_metadata
+from alexnet.interop.export import (
+    export_checkpoint,
+    load_safetensors,
+    read_safetensors_metadata,
+)
 from alexnet.models import LocalResponseNorm, create_model
+from alexnet.preprocess import Preprocess
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = [f"class {i}" for i in range(10)]
@@ -32,11 +36,16 @@ def _batch(n, seed=5):
     return torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed)) * 2
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.trace: deprecated in torch 2.13, still works
 @pytest.mark.parametrize("convention", ["paper", "per-term"])
-def test_traceable_lrn_equals_ours(convention):
+def test_traced_lrn_is_torch_ops_equal_to_ours(convention):
+    """torch.jit.trace records torch's own LRN (alpha * n for the paper convention), so a
+    TorchScript file needs no alexnet ops to load."""
     ours = LocalResponseNorm(5, 1e-4, 0.75, 2.0, convention=convention)
     x = torch.randn(2, 16, 5, 5) * 30
-    torch.testing.assert_close(TraceableLRN(ours)(x), ours(x), rtol=1e-6, atol=1e-6)
+    traced = torch.jit.trace(ours, x)
+    assert "alexnet::" not in str(traced.graph)
+    torch.testing.assert_close(traced(x), ours(x), rtol=1e-6, atol=1e-6)
 
 
 def test_onnx_dynamic_batch_matches_pytorch_in_onnxruntime(small_ckpt, tmp_path, capsys):

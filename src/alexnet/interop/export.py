@@ -9,7 +9,9 @@
 - torchscript: torch.jit.trace of the eval-mode model, reloaded and compared like ONNX.
 - caffe-npy: the grouped paper nets in bvlc_alexnet.npy's layout (interop/caffe.py).
 
-The exported graph uses plain torch ops for LRN: our fused C++ kernel is not a traceable op.
+The models go to the exporters as they are: the LRN is a registered op (models/lrn.py) that
+torch.onnx.export writes as ONNX's own `LRN` and torch.jit traces as torch's local_response_norm,
+and the CPU fast paths step aside while a graph is captured (models/layers.py, `fast_path`).
 """
 
 from __future__ import annotations
@@ -18,18 +20,22 @@ import copy
 import json
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ..checkpoint import load_checkpoint, model_from_checkpoint, preprocess_of
 from ..errors import AlexNetError, CheckpointError, ConfigError
-from ..models import LocalResponseNorm, create_model
+from ..models import create_model
 from ..preprocess import Preprocess
+from .caffe import BVLC_MODEL_OPTIONS, save_npy_object, state_dict_to_bvlc
 
 FORMATS = ("onnx", "safetensors", "torchscript", "caffe-npy")
 SAFETENSORS_FORMAT = "alexnet-safetensors"
@@ -47,29 +53,16 @@ class ExportResult:
         return asdict(self)
 
 
-class TraceableLRN(nn.Module):
-    """LocalResponseNorm through torch.nn.functional, which the exporters understand.
-
-    torch's LRN divides alpha by the size ("per-term"), so the paper convention passes alpha * n.
-    """
-
-    def __init__(self, lrn: LocalResponseNorm) -> None:
-        super().__init__()
-        scale = lrn.alpha if lrn.convention == "paper" else lrn.alpha / lrn.size
-        self.size, self.torch_alpha, self.beta, self.k = lrn.size, scale * lrn.size, lrn.beta, lrn.k
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.local_response_norm(x, self.size, alpha=self.torch_alpha, beta=self.beta, k=self.k)
-
-
-def exportable(model: nn.Module) -> nn.Module:
-    """An eval-mode CPU copy of `model` with every LocalResponseNorm made traceable."""
-    model = copy.deepcopy(model).cpu().eval()
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, LocalResponseNorm):
-                setattr(parent, name, TraceableLRN(child))
-    return model
+@contextmanager
+def _eval_on_cpu(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` in eval mode on the CPU for the length of an export (a copy if it lives elsewhere)."""
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        model = copy.deepcopy(model).cpu()
+    was_training = model.training
+    try:
+        yield model.eval()
+    finally:
+        model.train(was_training)
 
 
 def _example(batch: int, in_chans: int, size: int, seed: int, pp: Preprocess | None = None) -> Tensor:
@@ -111,17 +104,17 @@ def export_onnx(model: nn.Module, out: str | os.PathLike[str], *, input_size: in
     The check runs a batch of 3 (the export saw 2) in onnxruntime; with `preprocess`, its
     images are random pixels normalized the way the checkpoint's model expects.
     """
-    net = exportable(model)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     example = _example(2, in_chans, input_size, seed=0)
     try:
-        torch.onnx.export(
-            net, (example,), str(out), dynamo=True, opset_version=opset, verbose=False,
-            input_names=["images"], output_names=["logits"],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-            external_data=False,
-        )  # fmt: skip
+        with _eval_on_cpu(model) as net:
+            torch.onnx.export(
+                net, (example,), str(out), dynamo=True, opset_version=opset, verbose=False,
+                input_names=["images"], output_names=["logits"],
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+                external_data=False,
+            )  # fmt: skip
     except Exception as exc:
         raise AlexNetError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     result = ExportResult("onnx", str(out), out.stat().st_size, {"opset": opset, "dynamic_batch": True})
@@ -141,10 +134,9 @@ def export_torchscript(model: nn.Module, out: str | os.PathLike[str], *, input_s
                        check: bool = True, atol: float = MAX_ABS_DIFF,
                        preprocess: Preprocess | None = None) -> ExportResult:  # fmt: skip
     """torch.jit.trace the eval-mode model; the file loads with torch.jit.load, no alexnet needed."""
-    net = exportable(model)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), warnings.catch_warnings():
+    with _eval_on_cpu(model) as net, torch.no_grad(), warnings.catch_warnings():
         # The tracer flags the models' static shape checks (pad sizes, the pool5 shape test):
         # shapes other than the batch are fixed for an exported model, so the trace holds.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -168,8 +160,6 @@ def _json_safe(config: dict[str, Any]) -> dict[str, Any]:
 
 def export_safetensors(ckpt: dict[str, Any], out: str | os.PathLike[str], *, check: bool = True) -> ExportResult:
     """The checkpoint's weights as safetensors; arch, options, class names, preprocessing in the metadata."""
-    from safetensors.torch import save_file
-
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in ckpt["state_dict"].items()}
@@ -194,8 +184,6 @@ def export_safetensors(ckpt: dict[str, Any], out: str | os.PathLike[str], *, che
 
 def read_safetensors_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The decoded metadata of an alexnet safetensors export (arch, model_config, class_names, preprocess)."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -213,8 +201,6 @@ def read_safetensors_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def load_safetensors(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a safetensors export: (create_model(arch, **config) with the weights, metadata)."""
-    from safetensors.torch import load_file
-
     info = read_safetensors_metadata(path)
     model = create_model(info["arch"], **info["model_config"])
     try:
@@ -233,8 +219,6 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], fmt: str, out: str | o
     if fmt == "safetensors":
         return export_safetensors(ckpt, out, check=check)
     if fmt == "caffe-npy":
-        from .caffe import BVLC_MODEL_OPTIONS, save_npy_object, state_dict_to_bvlc
-
         if ckpt["arch"] != "alexnet":
             raise ConfigError(f"the bvlc_alexnet layout holds the grouped `alexnet` only, not {ckpt['arch']!r}")
         # The .npy records weights only; whoever reads it assumes bvlc_alexnet's LRN and input size.
