@@ -71,3 +71,33 @@ def test_bench_refuses_counts_below_one_in_one_line(args, message, capsys):
     assert main(["bench", *args]) == 2  # before any worker starts: no traceback from a division by zero
     err = capsys.readouterr().err.strip()
     assert err.endswith(message) and len(err.splitlines()) == 1
+
+
+def test_baseline_rows_say_which_settings_they_share_with_ours():
+    """Like for like: a torchvision-style row with our settings (channels_last, tune_allocator) beside
+    the plain-defaults one, and our model without tune_allocator alone, so each ratio isolates one thing."""
+    import argparse
+
+    from alexnet.bench.train import add_arguments, candidates
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    specs = candidates(parser.parse_args(["--no-peak"]), "train")
+    ours = specs["alexnet"]
+    assert (ours["malloc_fix"], ours["channels_last"]) == (True, True)
+    same = specs["torchvision-style, channels_last + tune_allocator"]
+    assert (same["model"], same["malloc_fix"], same["channels_last"]) == ("torchvision", True, True)
+    plain = specs["torchvision-style, PyTorch defaults"]
+    assert not plain.get("malloc_fix") and not plain.get("channels_last")
+    alone = specs["alexnet, no tune_allocator"]
+    assert {k for k in ours.keys() | alone.keys() if ours.get(k) != alone.get(k)} == {"malloc_fix", "role"}
+    assert {s["role"] for name, s in specs.items() if name != "alexnet"} == {"baseline"}
+
+
+def test_the_fast_paths_row_switches_them_off_in_its_worker(capsys):
+    args = ["bench", "train", "--arch", "alexnet-small", "--batch", "2", "--repeats", "1", "--warmup", "0",
+            "--no-baselines", "--no-peak", "--fast-paths-off", "--json"]
+    assert main(args) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["results"]["alexnet, ALEXNET_FAST_PATHS=0"]["spec"]["fast_paths"] is False
+    assert "alexnet / alexnet, ALEXNET_FAST_PATHS=0" in r["ratios"]

@@ -232,7 +232,7 @@ def test_registered_ops_pass_torch_library_opcheck():
     if layers._LINEAR_OP is not None:
         torch.library.opcheck(torch.ops.alexnet.linear.default, (a, w, b))
         torch.library.opcheck(torch.ops.alexnet.linear.default, (a, w, None))
-    params, grads, vels = [torch.randn(3, 4), torch.randn(5)], [torch.randn(3, 4), torch.randn(5)], [torch.zeros(3, 4), torch.zeros(5)]
+    params, grads, vels = ([torch.randn(3, 4), torch.randn(5)] for _ in range(3))
     torch.library.opcheck(torch.ops.alexnet.paper_sgd_.default, (params, grads, vels, 0.1, 0.9, 5e-4))
 
 

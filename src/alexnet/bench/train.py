@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..models import create_model
 from ..runtime import environment
+from ..summary import summarize
 from .harness import run_alternating
+from .worker import peak_flops_per_image
 
 # fp32 peak of this 2-core AVX-512 machine on conv layers, measured with large GEMM-like
 # convolutions (DESIGN/issue notes): ~247 GFLOP/s. A training step is ~3x the forward's
@@ -31,26 +34,45 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bf16", action="store_true", help="also time our model under bf16 autocast")
     p.add_argument("--compile", action="store_true", help="also time our model under torch.compile")
     p.add_argument("--no-baselines", action="store_true", help="time only our model (and the peak probe)")
+    p.add_argument("--fast-paths-off", action="store_true",
+                   help="also time our model with its CPU fast paths off (ALEXNET_FAST_PATHS=0): do they pay here?")
     p.add_argument("--no-peak", action="store_true", help="skip the in-run fp32 peak probe")
     p.add_argument("--peak-gflops", type=float, default=PEAK_GFLOPS, help="fp32 peak used for the %% of limit")
     p.add_argument("--device", default="cpu")
 
 
+# The rows, named by what differs. "alexnet" is the package's model as `alexnet train` runs it:
+# channels_last, the CLI's allocator setting (alexnet.runtime.tune_allocator) and PaperSGD. The
+# torchvision-style layout runs twice: with the same two settings (like for like: the model alone
+# differs) and with PyTorch's defaults (NCHW, glibc's default allocator), as a user's first try
+# would. "alexnet, no tune_allocator" is the package's model built and stepped the same way in a
+# plain loop that never calls tune_allocator: the benefit of that one call.
+OURS = "alexnet"
+SAME_SETTINGS = "channels_last + tune_allocator"
+PLAIN = "PyTorch defaults"
+
+
 def candidates(args: argparse.Namespace, mode: str) -> dict[str, dict[str, Any]]:
     base = {"batch": args.batch, "mode": mode, "device": args.device}
-    ours = {**base, "model": "alexnet", "arch": args.arch, "options": {"num_classes": 1000} if args.arch != "alexnet-small" else {},
-            "malloc_fix": True, "channels_last": args.channels_last}  # fmt: skip
-    specs: dict[str, dict[str, Any]] = {"alexnet": ours}
+    options = {"num_classes": 1000} if args.arch != "alexnet-small" else {}
+    ours = {**base, "model": "alexnet", "arch": args.arch, "options": options, "malloc_fix": True,
+            "channels_last": args.channels_last, "role": "ours"}  # fmt: skip
+    specs: dict[str, dict[str, Any]] = {OURS: ours}
     if not args.no_baselines:
-        specs["torchvision-style (no LRN)"] = {**base, "model": "torchvision"}
-        specs["naive paper (built-in LRN)"] = {**base, "model": "naive-paper"}
+        specs[f"{OURS}, no tune_allocator"] = {**ours, "malloc_fix": False, "role": "baseline"}
+        specs[f"torchvision-style, {SAME_SETTINGS}"] = {**base, "model": "torchvision", "malloc_fix": True,
+                                                        "channels_last": True, "role": "baseline"}  # fmt: skip
+        specs[f"torchvision-style, {PLAIN}"] = {**base, "model": "torchvision", "role": "baseline"}
+        specs[f"naive paper (built-in LRN), {PLAIN}"] = {**base, "model": "naive-paper", "role": "baseline"}
     if not args.no_peak:
         specs[PEAK_PROBE] = {"batch": 128, "mode": "infer", "device": args.device, "model": "peak",
                              "malloc_fix": True, "channels_last": True}  # fmt: skip
+    if args.fast_paths_off:
+        specs[f"{OURS}, ALEXNET_FAST_PATHS=0"] = {**ours, "fast_paths": False, "role": "baseline"}
     if args.bf16:
-        specs["alexnet bf16"] = {**ours, "bf16": True}
+        specs[f"{OURS} bf16"] = {**ours, "bf16": True, "role": "variant"}
     if args.compile:
-        specs["alexnet compiled"] = {**ours, "compile": True}
+        specs[f"{OURS} compiled"] = {**ours, "compile": True, "role": "variant"}
     return specs
 
 
@@ -64,9 +86,6 @@ def step_flops(arch: str, passes: int) -> float:
     """FLOPs per image of a forward (`passes` 1) or a training step (`passes` 3): 2 per multiply-add,
     for the forward, the weight gradients and the input gradients; the first learned layer's input
     is the image, which needs no gradient, so its input-gradient pass is not counted."""
-    from ..models import create_model
-    from ..summary import summarize
-
     s = summarize(create_model(arch))
     flops = 2 * passes * s.macs
     if passes == 3:
@@ -77,17 +96,16 @@ def step_flops(arch: str, passes: int) -> float:
 def limits(args: argparse.Namespace, results: dict[str, Any], passes: int) -> dict[str, Any]:
     """Ratios to the baselines and the fraction of the fp32 limit, both the fixed peak's and the
     peak probe's of this run. `passes`: the step's cost in forwards (3 for training, 1 for inference)."""
-    from .worker import peak_flops_per_image
-
     probe = results.pop(PEAK_PROBE, None)
     flops = step_flops(args.arch, passes)
-    ours = results["alexnet"]["images_per_s"]
+    ours = results[OURS]["images_per_s"]
     ratios = {}
     for name, r in results.items():  # baselines: ours / theirs; our variants (bf16, compiled): variant / ours
-        if name.startswith("alexnet "):
-            ratios[f"{name} / alexnet"] = r["images_per_s"] / ours
-        elif name != "alexnet":
-            ratios[f"alexnet / {name}"] = ours / r["images_per_s"]
+        role = r["spec"].get("role")
+        if role == "variant":
+            ratios[f"{name} / {OURS}"] = r["images_per_s"] / ours
+        elif role == "baseline":
+            ratios[f"{OURS} / {name}"] = ours / r["images_per_s"]
     limit = args.peak_gflops * 1e9 / flops
     out = {"results": results, "ratios": ratios, "flops_per_image": flops, "fp32_limit_images_per_s": limit,
            "fraction_of_limit": ours / limit, "env": environment(args.device)}  # fmt: skip
@@ -102,10 +120,10 @@ def format_result(r: dict[str, Any]) -> str:
     turn = f", {r['steps_per_turn']} steps per turn" if r.get("steps_per_turn", 1) > 1 else ""
     lines = [f"{r['benchmark']}: {r['arch']}, batch {r['batch']}{turn} ({r['env']['device']}, {r['env']['torch_threads']} threads)"]
     for name, s in r["results"].items():
-        lines.append(f"  {name:<30} {s['images_per_s']:8.1f} images/s  (median {s['median_s']:.3f} s, "
+        lines.append(f"  {name:<50} {s['images_per_s']:8.1f} images/s  (median {s['median_s']:.3f} s, "
                      f"min {s['min_s']:.3f}, max {s['max_s']:.3f}, n={s['repeats']})")  # fmt: skip
     for name, v in r["ratios"].items():
-        lines.append(f"  {name:<44} {v:.2f}x")
+        lines.append(f"  {name:<60} {v:.2f}x")
     if "fp32_limit_images_per_s" in r:
         lines.append(f"  fp32 limit {r['fp32_limit_images_per_s']:.1f} images/s ({r['flops_per_image'] / 1e9:.2f} GFLOP per image at "
                      f"{r['fp32_limit_images_per_s'] * r['flops_per_image'] / 1e9:.0f} GFLOP/s) -> alexnet at {100 * r['fraction_of_limit']:.0f}%")  # fmt: skip

@@ -1,17 +1,22 @@
 """A benchmark candidate in its own process: `python -m alexnet.bench.worker SPEC_JSON`.
 
-Process-wide settings (the malloc fix, threads, compile caches) differ between candidates,
-so each lives in its own process; the parent alternates between them (bench/harness.py).
-Protocol on stdin/stdout, one line each: "step N" -> seconds for N steps as JSON; "quit".
+Process-wide settings (the allocator setting, threads, compile caches) differ between
+candidates, so each lives in its own process; the parent alternates between them
+(bench/harness.py). Protocol on stdin/stdout, one line each: "step N" -> seconds for N steps as
+JSON; "quit".
 
-The two baselines are written here in plain PyTorch, as a user would write them:
-- "torchvision": torchvision's AlexNet layout (64-192-384-256-256, no LRN, no groups);
-- "naive-paper": the paper's net with groups=2 and torch.nn.LocalResponseNorm;
-and "alexnet" is this package's model (create_model) with the options in the spec, stepped by the
-optimizer `alexnet train` uses by default (the paper's update rule, train/optim.py); the
-baselines step torch.optim.SGD as a user would write it.
-"peak" is the machine's fp32 ceiling measured in the same run: the paper's conv3 (256 -> 384,
-3x3, 13x13), the most GEMM-like layer, forward only; its rate in FLOP/s bounds every step.
+What a spec names:
+- "model": "alexnet" is this package's model (create_model with the spec's arch and options),
+  stepped by the optimizer `alexnet train` uses by default (the paper's update rule,
+  train/optim.py); "torchvision" (torchvision's AlexNet layout: 64-192-384-256-256, no LRN, no
+  groups) and "naive-paper" (the paper's net with groups=2 and torch.nn.LocalResponseNorm) are
+  written here in plain PyTorch, as a user would write them, and step torch.optim.SGD;
+  "peak" is the machine's fp32 ceiling measured in the same run: the paper's conv3 (256 -> 384,
+  3x3, 13x13), the most GEMM-like layer, forward only; its rate in FLOP/s bounds every step.
+- "malloc_fix": call alexnet.runtime.tune_allocator() first (what the CLI does); "channels_last":
+  model and input in channels_last. Any model takes either, so a row can differ from another in
+  one setting only (bench/train.py names the rows). "fast_paths": false switches the package's
+  CPU fast paths off (models/layers.py).
 """
 
 from __future__ import annotations
@@ -23,6 +28,12 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from ..config import OptimConfig
+from ..models import create_model
+from ..models.layers import set_fast_paths
+from ..runtime import tune_allocator
+from ..train.optim import make_optimizer
 
 
 def torchvision_style(num_classes: int = 1000) -> nn.Module:
@@ -71,8 +82,6 @@ def build(spec: dict[str, Any]) -> tuple[nn.Module, int, int]:
         return torchvision_style(), 3, 224
     if kind == "naive-paper":
         return naive_paper(), 3, 227
-    from ..models import create_model
-
     model = create_model(spec.get("arch", "alexnet"), **spec.get("options", {}))
     config = getattr(model, "config", {})
     return model, int(config.get("in_chans", 3)), int(config.get("input_size", 224))
@@ -81,9 +90,9 @@ def build(spec: dict[str, Any]) -> tuple[nn.Module, int, int]:
 def main() -> None:
     spec = json.loads(sys.argv[1])
     if spec.get("malloc_fix"):
-        from ..runtime import tune_allocator
-
         tune_allocator()
+    if spec.get("fast_paths") is False:
+        set_fast_paths(False)
     torch.set_num_threads(int(spec.get("threads") or torch.get_num_threads()))
     device = torch.device(spec.get("device", "cpu"))
     model, in_chans, size = build(spec)
@@ -97,9 +106,6 @@ def main() -> None:
     dtype = torch.bfloat16 if spec.get("bf16") else None
     net = torch.compile(model) if spec.get("compile") else model
     if spec["model"] == "alexnet":  # a small lr keeps the fixed batch's steps from drifting anywhere odd
-        from ..config import OptimConfig
-        from ..train.optim import make_optimizer
-
         opt = make_optimizer(model.parameters(), OptimConfig(lr=1e-4))
     else:
         opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
