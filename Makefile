@@ -12,7 +12,7 @@ DATA_DIR ?= data
 PYTEST_ARGS ?=
 FASHION_DEB := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data demo test bench clean
+.PHONY: setup data demo test explore bench clean
 setup:
 	@if [ -f $(STAMP) ] && [ "$$(cat $(STAMP))" = "$(TORCH) $$(cat requirements.txt pyproject.toml | cksum)" ]; then \
 		exit 0; fi; \
@@ -38,11 +38,28 @@ demo: data
 	$(BIN)/alexnet evaluate --checkpoint $(DEMO_RUN) --data $(DATA_DIR)/fashion-mnist --flip
 	@echo "report: $(DEMO_RUN)/report.md"
 
+# Debian's packages the tests use, where apt works as root: Fashion-MNIST (real data) and
+# chromium + its driver (the explorer's page in a real browser); without them those tests skip.
 test: setup
-	@if [ ! -d $(FASHION_DEB) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
-		|| echo "dataset-fashion-mnist not installed: the tests that need real data are skipped"; fi
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		missing=""; \
+		[ -d $(FASHION_DEB) ] || missing="$$missing dataset-fashion-mnist"; \
+		[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || missing="$$missing chromium chromium-driver"; \
+		if [ -n "$$missing" ]; then \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+			|| echo "apt could not install$$missing: the tests that need them are skipped"; fi; fi
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The explorer on the demo net: the newest runs/demo-*/ with a last.pt, trained first when there is none.
+EXPLORE_PORT ?= 8000
+explore: data
+	@run=$$(ls -dt runs/demo-*/ 2>/dev/null | while read d; do [ -f "$$d/last.pt" ] && echo "$$d" && break; done); \
+	if [ -z "$$run" ]; then \
+		run=$(DEMO_RUN); \
+		echo "no runs/demo-*/ with a last.pt: training the demo net into $$run first (~8 min on 2 cores)"; \
+		$(BIN)/alexnet train --preset demo --data $(DATA_DIR)/fashion-mnist --out $$run || exit 1; \
+	fi; \
+	exec $(BIN)/alexnet serve "$${run%/}" --data $(DATA_DIR)/fashion-mnist --port $(EXPLORE_PORT)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
