@@ -6,7 +6,7 @@ from alexnet.cli import COMMANDS, build_parser
 
 # DESIGN.md's command line
 NAMES = {"summary", "prepare", "verify", "train", "evaluate", "predict", "features", "neighbors", "visualize",
-         "experiment", "export", "import-weights", "bench"}  # fmt: skip
+         "experiment", "export", "import-weights", "bench", "serve"}  # fmt: skip
 
 
 def _parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ("alexnet",)):

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from .. import __version__
 from ..errors import AlexNetError
 from ..runtime import tune_allocator
-from . import (bench, evaluate, experiment, export, features, import_weights, neighbors, predict, prepare, summary, train,
-               verify, visualize)  # fmt: skip
+from . import (bench, evaluate, experiment, export, features, import_weights, neighbors, predict, prepare, serve, summary,
+               train, verify, visualize)  # fmt: skip
 
 # The subcommands, in the order of `alexnet --help`.
 COMMANDS = (summary, prepare, verify, train, evaluate, predict, features, neighbors, visualize, experiment, export,
-            import_weights, bench)  # fmt: skip
+            import_weights, bench, serve)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,58 @@
+"""`alexnet serve CHECKPOINT_OR_RUN [--data STORE] [--host 127.0.0.1] [--port 8000]`"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from ..errors import ConfigError
+from ..serve import Explorer, ServeOptions, serve
+from ..serve.images import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS
+from ..serve.server import check_port
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="the explorer: a local model server (JSON API) and a page that shows the network from the inside",
+        description="Serves one checkpoint: top-k classes, every layer's activations, conv1's kernels (Fig. 3), "
+        "the nearest training images by fc7 distance (Fig. 4, from an index built on first use and cached "
+        "beside the run), the architecture table and, for a run folder, its training curves. "
+        "The API is described in the README (section 'The explorer').",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN", help="checkpoint file or run folder (best.pt, else last.pt)")
+    p.add_argument("--data", metavar="STORE", help="prepared dataset: test images to pick, training images for neighbours")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--layer", default="fc7", help="the neighbour feature layer (default fc7, the paper's)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per request (default 1: on a busy 2-core machine two-thread ops wait on the "
+                   "other core, measured up to 6x slower; the other core encodes the previous answer meanwhile)")  # fmt: skip
+    p.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_BYTES / 2**20, help="upload size limit in MiB")
+    p.add_argument("--max-upload-pixels", type=int, default=MAX_UPLOAD_PIXELS, help="upload pixel limit (bombs)")
+    p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="warning")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.max_upload_mb <= 0 or args.max_upload_pixels < 1 or args.threads < 1:
+        raise ConfigError("--max-upload-mb, --max-upload-pixels and --threads must be positive")
+    torch.set_num_threads(args.threads)
+    check_port(args.host, args.port)  # before the model loads: a taken port is a one-line error at once
+    opts = ServeOptions(data=args.data, layer=args.layer, device=args.device,
+                        max_upload_bytes=int(args.max_upload_mb * 2**20), max_upload_pixels=args.max_upload_pixels)  # fmt: skip
+    explorer = Explorer(args.checkpoint, opts)
+    for part, why in explorer.missing.items():
+        print(f"alexnet serve: note: {part}: {why}", file=sys.stderr)
+    where = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"alexnet serve: {explorer.predictor.arch} from {args.checkpoint} at http://{where}:{args.port}/ "
+          "(Ctrl-C stops)", file=sys.stderr, flush=True)  # fmt: skip
+    try:
+        serve(explorer, args.host, args.port, log_level=args.log_level)
+    except KeyboardInterrupt:  # uvicorn has shut down cleanly and re-raised the Ctrl-C
+        pass
+    print("alexnet serve: stopped", file=sys.stderr)
+    return 0
