@@ -8,8 +8,8 @@
 // (channels strided by H*W: blocks of pixels, vectorised over pixels) and channels_last
 // (channels contiguous per pixel). The backward recomputes denom from the input, so
 // only the input is saved. Reduced-precision tensors are converted element by element as they
-// are read and written: no float32 copy of the tensor is ever made (under bf16 autocast the
-// casts around a float32-only kernel took as long as the kernel itself).
+// are read and written: no float32 copy of the tensor is ever made (under bf16 autocast, casts
+// around a float32-only kernel cost as much as the kernel itself: docs/benchmarks.md).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <cmath>
@@ -23,7 +23,7 @@ constexpr int64_t kBlock = 512;  // pixels per work item in NCHW: C*512 floats s
 
 // Elements of T <-> float32. bfloat16 is the top half of a float32, so its conversions are shifts
 // and an add (round to nearest even, NaN kept NaN, as c10::BFloat16) that vectorise inside the
-// loops that use them; the c10 type's own scalar conversion did not, and made the bf16 kernel
+// loops that use them; the c10 type's own scalar conversion does not, which makes a bf16 kernel
 // slower than the float32 one.
 template <typename T>
 struct Cvt {
@@ -96,9 +96,9 @@ void forward_nchw(const T* x, T* y, int64_t N, int64_t C, int64_t S, Window w,
                   float scale, float beta, float k) {
   const int64_t nblocks = (S + kBlock - 1) / kBlock;
   at::parallel_for(0, N * nblocks, 1, [&](int64_t begin, int64_t end) {
-    // The constants copied into each thread's locals. Read through the lambda's references they may
-    // alias the float rows the loops store to, so they were reloaded after every store from the
-    // calling thread's stack: 1.7-1.9x slower channels_last forward, 1.1-1.5x slower backward.
+    // The constants copied into each thread's locals: read through the lambda's references they may
+    // alias the float rows the loops store to, so the compiler reloads them after every store from
+    // the calling thread's stack (1.7-1.9x slower channels_last forward, 1.1-1.5x slower backward).
     const float kk = k, sc = scale, bt = beta;
     std::vector<float> sq(C * kBlock);
     float acc[kBlock];
@@ -205,7 +205,7 @@ void backward_nchw(const T* x, const T* g, T* gx, int64_t N, int64_t C, int64_t 
 
 // ---------------------------------------------------------------- channels last
 // Channels are contiguous per pixel, so a block of pixels is one flat row of np * C values, and
-// each step is one long loop over that row, which vectorises (a loop per pixel was dominated by
+// each step is one long loop over that row, which vectorises (a loop per pixel is dominated by
 // loop overhead at AlexNet's 48-96 channels). Per block: one pass converts and squares, one sums
 // the window, one computes and writes the result. The window sum's shifted loads run across
 // pixel boundaries, so the few channels at each pixel's edges are then summed again over their
@@ -256,8 +256,8 @@ inline void window_sum_rows(const float* __restrict src, float* __restrict dst, 
   }
 }
 
-// Per-thread scratch rows, each with `margin` zeros on both sides for the shifted loads. (Rows
-// aligned to 64 bytes were tried: no faster forward, and a 1.4x slower bf16 backward.)
+// Per-thread scratch rows, each with `margin` zeros on both sides for the shifted loads. (Not
+// aligned to 64 bytes: aligned rows give no faster forward and a 1.4x slower bf16 backward.)
 struct Rows {
   int64_t margin;
   std::vector<float> mem;
