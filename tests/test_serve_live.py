@@ -115,3 +115,18 @@ def test_port_in_use_is_one_line(tiny):
         cli = Path(sys.executable).with_name("alexnet")
         r = subprocess.run([str(cli), "serve", str(run), "--port", str(port)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "cannot listen" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bench_serve_runs_end_to_end(tiny, tmp_path, capsys):
+    """`alexnet bench serve` on tiny inputs: every figure is there (the speeds themselves are docs/benchmarks.md's)."""
+    from alexnet.cli import main
+
+    data, run = tiny
+    argv = ["bench", "serve", "--demo", str(run), "--data", str(data), "--repeats", "2", "--warmup", "0", "--rows", "500",
+            "--dim", "64", "--clients", "2", "--per-client", "2", "--no-paper", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert set(r["single_client"]) == {"demo explore (store image)", "demo explore (PNG upload)", "demo neighbours (HTTP)",
+                                       "first load (demo page)"}  # fmt: skip
+    assert r["neighbours"]["same_answers"] and r["concurrent"]["demo explore"]["n"] == 4
+    assert main(["bench", "serve", "--clients", "0"]) == 2

@@ -6,3 +6,5 @@ process, and reports medians, spread, the resolved settings and the environment
 """
 
 KINDS = ("lrn", "train", "infer", "loader", "step")
+# Kinds that measure a layer above bench/ live with that layer (named here, imported by the CLI).
+ABOVE = {"serve": "alexnet.serve.bench"}

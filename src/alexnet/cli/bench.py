@@ -1,4 +1,4 @@
-"""`alexnet bench {lrn,train,infer,loader,step} [...] [--json]`"""
+"""`alexnet bench {lrn,train,infer,loader,step,serve} [...] [--json]`"""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import importlib
 import json
 
-from ..bench import KINDS
+from ..bench import ABOVE, KINDS
 from ..errors import ConfigError
 
 
@@ -14,11 +14,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="speed benchmarks against plain-PyTorch baselines, measured in one run")
     kinds = p.add_subparsers(dest="kind", metavar="KIND")
     kinds.required = True
-    for kind in KINDS:
+    for kind, name in {**{k: f"alexnet.bench.{k}" for k in KINDS}, **ABOVE}.items():
         try:
-            module = importlib.import_module(f"alexnet.bench.{kind}")
+            module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name != f"alexnet.bench.{kind}":
+            if exc.name != name:
                 raise
             continue
         kp = kinds.add_parser(kind, help=(module.__doc__ or "").strip().splitlines()[0])
