@@ -143,6 +143,15 @@ def test_probabilities_match_alexnet_predict(client, tmp_path, capsys):
         assert np.allclose([t["probability"] for t in answer["top"]], [t["probability"] for t in expected], atol=1e-6)
 
 
+def test_explore_top_k_is_predictors_with_or_without_the_shared_forward(client, monkeypatch):
+    """explore takes the top-k from the last layer's softmax (one forward) when that is the model's
+    output, else from Predictor.probs (a second forward): both are classify's numbers, bit for bit."""
+    assert client.explorer._logits == "fc8"
+    one = client.get("/api/explore?index=9").json()["top"]
+    monkeypatch.setattr(client.explorer, "_logits", None)
+    assert client.get("/api/explore?index=9").json()["top"] == one == client.get("/api/classify?index=9").json()["top"]
+
+
 def test_upload_is_kept_by_id_for_later_requests(client):
     data = jpeg_bytes(64, 48, seed=3)
     first = client.post("/api/explore", files={"image": ("a.jpg", data, "image/jpeg")}).json()

@@ -75,7 +75,7 @@ class Explorer:
         self.model_lock = threading.Lock()
         self.started = time.time()
         self.towers = towers(self.predictor.model)
-        self.layers = self._layer_table()
+        self.layers, self._logits = self._layer_table()  # _logits: the layer whose softmax is the top-k, or None
         self._uploads: OrderedDict[str, Tensor] = OrderedDict()
         self._uploads_lock = threading.Lock()
         self._summary: dict[str, Any] | None = None
@@ -84,20 +84,27 @@ class Explorer:
         self.missing = self._missing()
 
     # ---------------------------------------------------------------- set-up
-    def _layer_table(self) -> list[dict[str, Any]]:
-        """Every paper layer with its output shape (one forward of a blank image) and its display kind."""
+    def _layer_table(self) -> tuple[list[dict[str, Any]], str | None]:
+        """Every paper layer with its output shape (one forward of a probe image) and its display kind.
+
+        Also decides whether one forward can answer both the top-k and the activations: when the
+        last layer's output is the model's output (true of every registered model), its softmax is
+        `Predictor.probs` exactly, and `explore` saves the second forward (~30% of its time)."""
         pp = self.predictor.preprocess
-        blank = torch.zeros(1, pp.in_chans, pp.resize, pp.resize, dtype=torch.uint8)
+        g = torch.Generator().manual_seed(0)
+        probe = torch.randint(0, 256, (1, pp.in_chans, pp.resize, pp.resize), generator=g).to(torch.uint8)
         names = list(paper_layers(self.predictor.model))
         with self.model_lock:
-            acts = self.predictor.activations(blank, names)
+            acts = self.predictor.activations(probe, names)
+            probs = self.predictor.probs(probe)
+        logits = names[-1] if torch.equal(_softmax(acts[names[-1]]), probs) else None
         table = []
         for name in names:
             shape = list(acts[name].shape[1:])
             kind = "maps" if len(shape) == 3 else "vector"
             split = self.towers if kind == "maps" and self.towers > 1 and shape[0] % self.towers == 0 else 1
             table.append({"name": name, "shape": shape, "kind": kind, "towers": split})
-        return table
+        return table, logits
 
     def _stores(self, opts: ServeOptions) -> tuple[Store | None, Store | None, IndexBuilder | None]:
         if opts.data is None:
@@ -179,8 +186,8 @@ class Explorer:
         names = [layer["name"] for layer in self.layers]
         x = picked.pixels[None]
         with self.model_lock:
-            probs = self.predictor.probs(x)
             acts = self.predictor.activations(x, names)
+            probs = _softmax(acts[self._logits]) if self._logits else self.predictor.probs(x)
         view = self.predictor.views("center")(x.to(self.predictor.device))[0, 0].cpu()
         pp = self.predictor.preprocess
         layers = [self._encode_layer(info, acts[info["name"]][0], scale) for info in self.layers]
@@ -372,6 +379,11 @@ class Explorer:
         return {"status": "ok", "arch": self.predictor.arch, "uptime_s": round(time.time() - self.started, 1),
                 "store": self.pick_store is not None,
                 "neighbors": None if self.index is None else self.index.status.state}  # fmt: skip
+
+
+def _softmax(logits: Tensor) -> Tensor:
+    """inference.predict_probs' arithmetic for one view, on the CPU."""
+    return logits.float().softmax(dim=1).cpu()
 
 
 def _check_k(k: int) -> int:
