@@ -16,7 +16,7 @@ from alexnet.analysis import neighbors
 from alexnet.analysis.features import FeatureSet
 from alexnet.data import open_dataset
 from alexnet.serve import index as index_mod
-from alexnet.serve.index import IndexBuilder, NeighborIndex, bf16_error, cache_folder, fp32_error
+from alexnet.serve.index import IndexBuilder, NeighborIndex, cache_folder
 
 from analysis_helpers import make_dataset, make_run
 
@@ -35,13 +35,16 @@ def test_measured_product_errors_stay_inside_the_bounds(relu):
     q = torch.randn(d) * 3
     if relu:
         x, q = x.relu(), q.relu()
-    x = x.half().float()  # the database holds float16 values
+    x = x.half()  # the database holds float16 values
+    idx = NeighborIndex(feature_set(x.numpy()))
     exact = x.double() @ q.double()
-    scale = q.double().norm() * x.double().norm(dim=1)
-    bf16 = torch.mv(x.bfloat16(), q.bfloat16()).double()
-    fp32 = torch.mv(x, q).double()
-    assert ((bf16 - exact).abs() / scale).max() < bf16_error(d) / 2  # the bounds are doubled for margin
-    assert ((fp32 - exact).abs() / scale).max() < fp32_error(d) / 2
+    qb = q.bfloat16()
+    bf16 = torch.mv(idx.scan, qb).double()
+    slack = torch.from_numpy(idx.bf16_slack(q, qb, bf16.numpy()))
+    assert ((bf16 - exact).abs() <= slack / index_mod.MARGIN).all()
+    assert ((bf16 - exact).abs() / slack).max() > 0.01  # a bound, not a wild overestimate
+    fp32 = torch.mv(x.float(), q).double()
+    assert ((fp32 - exact).abs() <= idx.gamma * q.double().norm() * x.double().norm(dim=1)).all()
 
 
 def clustered(n: int = 3000, d: int = 512, seed: int = 0) -> np.ndarray:

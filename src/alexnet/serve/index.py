@@ -8,13 +8,18 @@ built on first use with `extract_features`, cached beside the checkpoint and sea
 
 A query must answer in tens of milliseconds (docs/benchmarks.md, "Explorer"), but an exact scan
 of 60,000 x 4096 features is memory-bound: ~1 GB of float32 per query, over 100 ms on two cores,
-and `neighbors.search`'s streaming scan of the float16 memmap takes about a second. So the index
-keeps a bfloat16 copy of the database in memory (half the bytes) and scans it with one
-matrix-vector product; bfloat16 rounding moves each squared distance by at most
-`BF16_ERROR * |q| |x|`, so every row whose lower bound is within the k-th smallest upper bound
-is a candidate, and `neighbors.search` ranks the candidates exactly. The answer is therefore the
-exact one, rows and distances, as `alexnet neighbors` gives. Databases over `memory` bytes of
-bfloat16 are searched by `neighbors.search` alone (exact, streaming, slower).
+and `neighbors.search`'s streaming scan of the float16 memmap takes 1.4-2.4 s. So the index keeps
+a bfloat16 copy of the database in memory (half the bytes) and narrows in three steps:
+
+1. every row: q.x from the bfloat16 copies (one matrix-vector product), with a per-row bound on
+   its error (`NeighborIndex.bf16_slack`); a row stays when the lower end of its distance^2 is
+   within the k-th smallest upper end, so no true neighbour can drop out;
+2. the rows left (~1-2% of them): q.x in float32 from the float16 values, bound D * 2^-24;
+3. the rows left (~k): ranked by `neighbors.search` (float64 distances).
+
+The answer is therefore exactly `neighbors.search`'s over the whole folder, rows and distances, as
+`alexnet neighbors` gives it. Databases over `memory` bytes of bfloat16 are searched by
+`neighbors.search` alone (exact, streaming, slower).
 """
 
 from __future__ import annotations
@@ -42,20 +47,13 @@ from ..errors import AlexNetError, DataError
 
 FINGERPRINT = "explorer.json"
 INDEX_MEMORY = 2 << 30  # bfloat16 bytes kept in memory for the fast scan (60,000 x 4096 is 0.5 GB)
-# |s_bf16 - s| <= BF16_ERROR(D) * |q| |x| for s = q.x computed from bfloat16 copies of q and x:
-# each input rounds by at most 2^-8 (relative), the bfloat16 result by 2^-8 more, and the float32
-# accumulation of D products by at most D * 2^-24 (Cauchy-Schwarz turns sum |q_i x_i| into
-# |q| |x|); doubled for safety. tests/test_serve_index.py checks it against measured errors.
-_ROUND = 3 * 2.0**-8
+MARGIN = 1.25  # the bounds below are worst cases; a margin covers the float64 arithmetic on them
 
 
-def bf16_error(dim: int) -> float:
-    return 2 * (_ROUND + dim * 2.0**-24)
-
-
-def fp32_error(dim: int) -> float:
-    """The same bound for float32 products of float32 (or float16) inputs: accumulation and the result's rounding."""
-    return 2 * (dim + 1) * 2.0**-24
+def accumulation_error(dim: int) -> float:
+    """|fl(q.x) - q.x| <= this * sum |q_i x_i| for a float32 accumulation of `dim` products (Higham's gamma_D)."""
+    u = dim * 2.0**-24
+    return u / (1 - u)
 
 
 def cache_folder(source: str | os.PathLike[str], layer: str, split: str) -> Path:
@@ -114,14 +112,20 @@ class NeighborIndex:
     def __init__(self, fs: FeatureSet, memory: int = INDEX_MEMORY, chunk_rows: int = 4096) -> None:
         self.fs = fs
         n, d = fs.features.shape
-        self.bf16_error, self.fp32_error = bf16_error(d), fp32_error(d)
-        self.sq_norms = np.empty(n, np.float64)
+        self.gamma = accumulation_error(d)
+        self.sq_norms = np.empty(n, np.float64)  # |x|^2 of the stored (float16) rows, exactly
         self.scan = torch.empty((n, d), dtype=torch.bfloat16) if n * d * 2 <= memory else None
+        self.b_norms = np.empty(n, np.float64)  # |x_b| of the bfloat16 copies
+        self.e_norms = np.empty(n, np.float64)  # |x - x_b|: what rounding to bfloat16 lost, per row
         for s in range(0, n, chunk_rows):  # one pass over the (memory-mapped) features
             part = _float32(fs.features[s : s + chunk_rows])
-            self.sq_norms[s : s + len(part)] = part.double().square().sum(1).numpy()
+            e = s + len(part)
+            self.sq_norms[s:e] = part.double().square().sum(1).numpy()
             if self.scan is not None:
-                self.scan[s : s + len(part)] = part
+                self.scan[s:e] = part
+                rounded = self.scan[s:e].double()
+                self.b_norms[s:e] = rounded.norm(dim=1).numpy()
+                self.e_norms[s:e] = (part.double() - rounded).norm(dim=1).numpy()
         self.norms = np.sqrt(self.sq_norms)
         self._order = np.argsort(fs.indices, kind="stable")  # store index -> database row, by binary search
         self._sorted = np.asarray(fs.indices)[self._order]
@@ -145,24 +149,41 @@ class NeighborIndex:
             return neighbors.describe(self.fs, found)[0], n
         qt = torch.from_numpy(q)
         q_sq = float(qt.double().square().sum())
-        # 1: every row, bfloat16 products; 2: the rows left, float32 products (bound D * 2^-24)
-        rows = self._narrow(np.arange(n), torch.mv(self.scan, qt.bfloat16()), q_sq, self.bf16_error, k, exclude)
-        exact32 = torch.mv(_float32(self.fs.features[rows]), qt)
-        rows = rows[self._narrow(np.arange(len(rows)), exact32, q_sq, self.fp32_error, k, -1, rows)]
+        # 1: every row, bfloat16 products
+        qb = qt.bfloat16()
+        dots = torch.mv(self.scan, qb).double().numpy()
+        every = np.arange(n)
+        rows = self._narrow(every, dots, self.bf16_slack(qt, qb, dots), q_sq, k, exclude)
+        # 2: the rows left, float32 products of the float16 values
+        dots = torch.mv(_float32(self.fs.features[rows]), qt).double().numpy()
+        slack = MARGIN * self.gamma * np.sqrt(q_sq) * self.norms[rows]
+        rows = rows[self._narrow(np.arange(len(rows)), dots, slack, q_sq, k, -1, rows)]
         # 3: the candidates, ranked exactly (float64 distances) by the project's own search
         sub = replace(self.fs, features=np.asarray(self.fs.features[rows]), labels=self.fs.labels[rows],
                       indices=self.fs.indices[rows])  # fmt: skip
         found = neighbors.search(sub, q[None], k)
         return neighbors.describe(self.fs, Neighbors(rows[found.indices], found.distances))[0], len(rows)
 
-    def _narrow(self, rows: np.ndarray, dots: torch.Tensor, q_sq: float, error: float, k: int, exclude: int,
+    def bf16_slack(self, q: torch.Tensor, qb: torch.Tensor, dots: np.ndarray) -> np.ndarray:
+        """Per row, a bound on |dots - q.x| for dots = fl(q_b . x_b) (bfloat16 inputs, float32
+        accumulation, a bfloat16 result): q.x = q_b.x_b + e_q.x_b + q.e_x with e_q = q - q_b and
+        e_x = x - x_b, so the error is at most |e_q| |x_b| + |q| |e_x| (Cauchy-Schwarz; |e_x| is
+        known per row) + gamma_D |q_b| |x_b| (the accumulation) + 2^-8 |q_b.x_b| (the result's
+        rounding, bounded through |dots|). A quarter of the plain 3 * 2^-8 |q| |x| on fc7 features."""
+        e_q = float((q.double() - qb.double()).norm())
+        q_norm, qb_norm = float(q.double().norm()), float(qb.double().norm())
+        total = e_q * self.b_norms + q_norm * self.e_norms + self.gamma * qb_norm * self.b_norms
+        rounding = 2.0**-8 / (1 - 2.0**-8) * (np.abs(dots) + total)
+        return MARGIN * (total + rounding)
+
+    def _narrow(self, rows: np.ndarray, dots: np.ndarray, slack: np.ndarray, q_sq: float, k: int, exclude: int,
                 of: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
-        """The `rows` whose distance^2 can still be among the k smallest, given q.x with relative
-        error `error` (|q| |x| units). `of`: the database rows `rows` index, when a subset."""
+        """The `rows` whose distance^2 can still be among the k smallest, given q.x to within
+        `slack` (per row of `rows`). `of`: the database rows `rows` index, when a subset."""
         db = rows if of is None else of
-        approx = self.sq_norms[db] + q_sq - 2.0 * dots.double().numpy()
-        slack = error * np.sqrt(q_sq) * self.norms[db] + 1e-12 * (self.sq_norms[db] + q_sq)  # + float64 rounding
-        upper, lower = approx + slack, approx - slack
+        approx = self.sq_norms[db] + q_sq - 2.0 * dots
+        margin = 2.0 * slack + 1e-12 * (self.sq_norms[db] + q_sq)  # (+ the float64 sum's own rounding)
+        upper, lower = approx + margin, approx - margin
         if exclude >= 0:
             upper[exclude] = lower[exclude] = np.inf
         cutoff = np.partition(upper, k - 1)[k - 1]  # the k-th smallest true distance^2 is at most this
