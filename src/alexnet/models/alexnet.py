@@ -31,7 +31,15 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from .init import init_weights
-from .layers import IMAGE_LAYER_WEIGHT_GRAD_CHUNK, Conv2d, Dropout, Linear, make_activation, make_pool
+from .layers import (
+    IMAGE_LAYER_WEIGHT_GRAD_CHUNK,
+    Conv2d,
+    Dropout,
+    ImageClassifier,
+    Linear,
+    make_activation,
+    make_pool,
+)
 from .lrn import LocalResponseNorm
 from .registry import register_model
 
@@ -100,7 +108,7 @@ def tile_pad(size: int, kernel: int, stride: int, padding: int) -> int:
     return (stride - (size - kernel) % stride) % stride
 
 
-class AlexNet(nn.Module):
+class AlexNet(ImageClassifier):
     """Module names follow the paper: `features.conv1`, `features.norm1`, `features.pool1`, ...,
     `classifier.fc6`, ..., `classifier.fc8`; the paper net's shapes in the comments."""
 
@@ -169,9 +177,6 @@ class AlexNet(nn.Module):
                 f"this model takes {self.input_size}x{self.input_size} inputs"
             )
         return self.classifier(torch.flatten(x, 1))  # (B, 9216)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _output_shape(features: nn.Sequential, c: AlexNetConfig) -> tuple[int, int, int]:

@@ -37,13 +37,18 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
 from .init import init_weights
-from .layers import Linear, LocallyConnected2d, make_activation, make_pool
+from .layers import (
+    ImageClassifier,
+    Linear,
+    LocallyConnected2d,
+    make_activation,
+    make_pool,
+)
 from .lrn import LocalResponseNorm
 from .registry import register_model
 
@@ -69,7 +74,7 @@ class SameMapNorm(nn.Module):
         return f"size={self.size}, scale={self.scale}, power={self.power}, k={self.k}"
 
 
-class Cifar18pct(nn.Module):
+class Cifar18pct(ImageClassifier):
     """layers-18pct.cfg; `activation="tanh"` is Fig. 1's saturating baseline, `lrn=False` drops the norms."""
 
     def __init__(self, *, num_classes: int, in_chans: int, input_size: int, activation: str, lrn: bool, init: str) -> None:
@@ -103,15 +108,6 @@ class Cifar18pct(nn.Module):
         self.num_classes = num_classes
         init_weights(self, init, std=_CFG_STD)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.features(x)
-
-    def forward_head(self, x: Tensor) -> Tensor:
-        return self.classifier(torch.flatten(x, 1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
 
 @register_model("cifar-18pct", "cuda-convnet's layers-18pct: 3 conv + fc10, the four-layer CIFAR-10 net of Fig. 1")
 def cifar_18pct(*, num_classes: int = 10, in_chans: int = 3, input_size: int = 32, activation: str = "relu",
@@ -120,7 +116,7 @@ def cifar_18pct(*, num_classes: int = 10, in_chans: int = 3, input_size: int = 3
                       init=init)  # fmt: skip
 
 
-class ConvLocalNet(nn.Module):
+class ConvLocalNet(ImageClassifier):
     def __init__(
         self,
         *,
@@ -159,15 +155,6 @@ class ConvLocalNet(nn.Module):
         self.classifier = nn.Sequential(OrderedDict(fc10=Linear(channels * size * size, num_classes)))
         self.num_classes = num_classes
         init_weights(self, init, std=_CFG_STD)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.features(x)
-
-    def forward_head(self, x: Tensor) -> Tensor:
-        return self.classifier(torch.flatten(x, 1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 @register_model("conv-local", "cuda-convnet's conv-local 11%/13% CIFAR-10 net (2 conv, 2 locally connected, fc10), section 3.3")

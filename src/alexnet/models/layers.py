@@ -317,3 +317,21 @@ class LocallyConnected2d(nn.Module):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"padding={self.padding}, input_size={self.input_size}"
         )
+
+
+class ImageClassifier(nn.Module):
+    """`features` (conv part) then `classifier` (fc part) on the flattened maps; `forward_features` and
+    `forward_head` run the halves apart (as timm's models do), e.g. for pool5 or fc7 features."""
+
+    features: nn.Module
+    classifier: nn.Module
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        return self.classifier(torch.flatten(x, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+

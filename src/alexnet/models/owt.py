@@ -11,11 +11,10 @@ carry an LRN after the nonlinearity, which has no parameters, so the keys never 
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from .init import init_weights
-from .layers import IMAGE_LAYER_WEIGHT_GRAD_CHUNK, Conv2d, Dropout, Linear, make_activation, make_pool
+from .layers import IMAGE_LAYER_WEIGHT_GRAD_CHUNK, Conv2d, Dropout, ImageClassifier, Linear, make_activation, make_pool
 from .lrn import LocalResponseNorm
 from .registry import register_model
 
@@ -27,7 +26,7 @@ class ActNorm(nn.Sequential):
         super().__init__(make_activation(activation), *([lrn] if lrn is not None else []))
 
 
-class AlexNetOWT(nn.Module):
+class AlexNetOWT(ImageClassifier):
     # paper layer name -> module path of its activation (see models/activations.py)
     paper_layer_paths = {
         "conv1": "features.1.0", "conv2": "features.4.0", "conv3": "features.7", "conv4": "features.9",
@@ -83,11 +82,6 @@ class AlexNetOWT(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         return self.avgpool(self.features(x))
 
-    def forward_head(self, x: Tensor) -> Tensor:
-        return self.classifier(torch.flatten(x, 1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 @register_model("alexnet-owt", "torchvision's AlexNet (one weird trick layout, torchvision keys); 61,100,840 params")
