@@ -31,15 +31,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from .init import init_weights
-from .layers import (
-    IMAGE_LAYER_WEIGHT_GRAD_CHUNK,
-    Conv2d,
-    Dropout,
-    ImageClassifier,
-    Linear,
-    make_activation,
-    make_pool,
-)
+from .layers import IMAGE_LAYER_WEIGHT_GRAD_CHUNK, Conv2d, Dropout, ImageClassifier, Linear, make_activation, make_pool
 from .lrn import LocalResponseNorm
 from .registry import register_model
 

@@ -42,13 +42,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from .init import init_weights
-from .layers import (
-    ImageClassifier,
-    Linear,
-    LocallyConnected2d,
-    make_activation,
-    make_pool,
-)
+from .layers import ImageClassifier, Linear, LocallyConnected2d, make_activation, make_pool
 from .lrn import LocalResponseNorm
 from .registry import register_model
 
