@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ...figures import _plt, _save
-from .common import Context, footer, paired, pm, summary, write_outputs
+from .common import Context, footer, header, paired, pm, summary, write_outputs
 
 KEYS = ("test_error", "train_error", "gap")
 
@@ -30,7 +30,7 @@ def run_arms(ctx: Context) -> dict[str, Any]:
 
 def format_arms(results: dict[str, Any]) -> str:
     """Mean +- std over seeds per arm, and each arm's seed-paired difference from the first."""
-    lines = [f"### {results['experiment']}", "", f"Paper: {results['claim']}.", "", f"`{results['command']}`", "",
+    lines = [*header(results),
              "| arm | test error | train error (eval mode) | gap (test - train) | test error vs first arm (paired) |",
              "|---|---|---|---|---|"]  # fmt: skip
     for i, (arm, a) in enumerate(results["arms"].items()):

@@ -213,6 +213,11 @@ def pm(s: dict[str, Any], scale: float = 100.0, unit: str = "%", digits: int = 2
     return text + (f" ({s['missing']} of {s['n'] + s['missing']} not reached)" if s["missing"] else "")
 
 
+def header(results: dict[str, Any]) -> list[str]:
+    """The lines above every table: the experiment, the paper's claim, the command that made it."""
+    return [f"### {results['experiment']}", "", f"Paper: {results['claim']}.", "", f"`{results['command']}`", ""]
+
+
 def footer(results: dict[str, Any]) -> str:
     """The line under every table: seeds, length, date, machine, commit, compute time."""
     env = results.get("env", {})

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ...figures import _plt, _save
-from .common import Context, epochs_to, footer, pm, summary, write_outputs
+from .common import Context, epochs_to, footer, header, pm, summary, write_outputs
 
 
 def run_sweep(ctx: Context) -> dict[str, Any]:
@@ -54,7 +54,7 @@ def run_sweep(ctx: Context) -> dict[str, Any]:
 def format_sweep(results: dict[str, Any]) -> str:
     arms, t = results["arms"], results["threshold"]
     names = list(arms)
-    lines = [f"### {results['experiment']}", "", f"Paper: {results['claim']}.", "", f"`{results['command']}`", "",
+    lines = [*header(results),
              f"Epochs to {100 * t:.0f}% training error, seed 0, per learning rate:", "",
              "| learning rate | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]  # fmt: skip
     for i, lr in enumerate(results["lrs"]):

@@ -25,7 +25,7 @@ import torch
 
 from ...figures import _plt, _save, kernel_mosaic
 from ...inference import Predictor
-from .common import Context, footer, pm, summary, write_outputs
+from .common import Context, footer, header, pm, summary, write_outputs
 
 GREY = np.ones(3) / np.sqrt(3)
 
@@ -69,7 +69,7 @@ def run_towers(ctx: Context) -> dict[str, Any]:
 
 
 def format_towers(results: dict[str, Any]) -> str:
-    lines = [f"### {results['experiment']}", "", f"Paper: {results['claim']}.", "", f"`{results['command']}`", "",
+    lines = [*header(results),
              "Mean colourfulness of conv1's kernels per half (0: grey, 1: pure colour contrast):", "",
              "| arm | seed | first half | second half | gap | the more colourful half | test error |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip

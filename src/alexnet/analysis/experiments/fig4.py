@@ -22,7 +22,7 @@ from ...figures import neighbors_grid
 from ..features import FeatureSet, extract_features, open_features
 from ..retrieval import exact_search
 from ..retrieval_bench import benchmark_codes, format_benchmark, label_precision
-from .common import Context, footer, pm, summary, write_outputs
+from .common import Context, footer, header, pm, summary, write_outputs
 
 
 class FlatPixels:
@@ -118,7 +118,7 @@ def _draw(first: dict[str, Any], train_store: Store, folder: Path, k: int, count
 def format_retrieval(results: dict[str, Any]) -> str:
     k = results["k"]
     d = results["pixel_distance"]
-    lines = [f"### {results['experiment']}", "", f"Paper: {results['claim']}.", "", f"`{results['command']}`", "",
+    lines = [*header(results),
              f"{results['queries']} test queries against {results['database']} training images:", "",
              f"| neighbours by | precision@{k} (same class) | mean pixel distance to the query |", "|---|---|---|",
              f"| fc7 (Euclidean) | {pm(results['fc7_precision'], 100.0, '%', 1)} | {d['fc7 neighbours']:.0f} |",
