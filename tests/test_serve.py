@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -400,3 +401,15 @@ def test_cli_errors_are_one_line(tmp_path, capsys, colour):
     assert "does not exist" in capsys.readouterr().err
     assert main(["serve", str(run), "--port", "70000"]) == 2
     assert "--port" in capsys.readouterr().err
+
+
+def test_non_finite_numbers_are_null_not_a_500(colour, tmp_path):
+    """A diverged run's NaN loss must not break /api/run (JSON has no NaN)."""
+    data, run = colour
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("explorer"))
+    with open(copy / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"event": "diverged", "step": 99, "loss": float("nan")}) + "\n")
+    with TestClient(create_app(Explorer(str(copy), ServeOptions(index_progress=False)))) as c:
+        r = c.get("/api/run")
+        assert r.status_code == 200 and r.json()["events"][-1]["loss"] is None

@@ -14,7 +14,9 @@ No parameter ever names a path: store images are read by index, uploads are kept
 from __future__ import annotations
 
 import io
+import json
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -63,6 +65,30 @@ def create_app(explorer: Explorer) -> Starlette:
     ]
     handlers: dict[Any, Callable[..., Any]] = {HTTPException: _http_error, AlexNetError: _user_error, Exception: _bug}
     return Starlette(routes=routes, exception_handlers=handlers)
+
+
+class JSONResponse(Response):
+    """JSON whose non-finite floats (a diverged run's loss, a broken checkpoint's activations) are
+    null: JSON has no NaN, and the page's JSON.parse would refuse the whole answer."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        try:
+            text = json.dumps(content, allow_nan=False, separators=(",", ":"))
+        except ValueError:  # rare: walk it once and replace what JSON cannot say
+            text = json.dumps(_finite(content), allow_nan=False, separators=(",", ":"))
+        return text.encode("utf-8")
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
 
 
 def _error(message: str, status: int) -> JSONResponse:

@@ -79,6 +79,7 @@ class Explorer:
         self._uploads: OrderedDict[str, Tensor] = OrderedDict()
         self._uploads_lock = threading.Lock()
         self._summary: dict[str, Any] | None = None
+        self._kernels: dict[str, Any] | None = None
         self.run = RunDir(self.source) if self.source.is_dir() and (self.source / "metrics.jsonl").is_file() else None
         self.pick_store, self.database, self.index = self._stores(opts)
         self.missing = self._missing()
@@ -343,6 +344,11 @@ class Explorer:
 
     def kernels(self) -> dict[str, Any]:
         """conv1's kernels (Fig. 3) as one colour PNG per tower (Caffe's BGR kernels shown in RGB)."""
+        if self._kernels is None:
+            self._kernels = self._draw_kernels()
+        return self._kernels
+
+    def _draw_kernels(self) -> dict[str, Any]:
         weight, towers_ = self.predictor.conv1()
         if self.predictor.preprocess.channel_order == "BGR":
             weight = weight.flip(1)  # the kernels see BGR images: channel 0 is blue
