@@ -29,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layer", default="fc7", help="the neighbour feature layer (default fc7, the paper's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads per request (default 1: on a busy 2-core machine two-thread ops wait on the "
-                   "other core, measured up to 6x slower; the other core encodes the previous answer meanwhile)")  # fmt: skip
+                   help="torch threads (default 1: on a busy 2-core machine two-thread ops wait for the other core; "
+                   "the neighbour scan took twice as long with 2, docs/benchmarks.md)")  # fmt: skip
     p.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_BYTES / 2**20, help="upload size limit in MiB")
     p.add_argument("--max-upload-pixels", type=int, default=MAX_UPLOAD_PIXELS, help="upload pixel limit (bombs)")
     p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="warning")
@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.max_upload_mb <= 0 or args.max_upload_pixels < 1 or args.threads < 1:
-        raise ConfigError("--max-upload-mb, --max-upload-pixels and --threads must be positive")
+        raise ConfigError("--max-upload-mb, --max-upload-pixels and --threads must be positive")  # before the model loads
     torch.set_num_threads(args.threads)
     check_port(args.host, args.port)  # before the model loads: a taken port is a one-line error at once
     opts = ServeOptions(data=args.data, layer=args.layer, device=args.device,

@@ -48,13 +48,24 @@ class Unavailable(AlexNetError):
 
 @dataclass(frozen=True)
 class ServeOptions:
+    """What `alexnet serve` is told besides the checkpoint; checked on creation."""
+
     data: str | None = None  # prepared dataset (or one split) for store images and neighbours
     layer: str = "fc7"  # the neighbour feature (the paper's Fig. 4)
     device: str = "cpu"
     max_upload_bytes: int = images.MAX_UPLOAD_BYTES
     max_upload_pixels: int = images.MAX_UPLOAD_PIXELS
-    index_memory: int = INDEX_MEMORY
+    index_memory: int = INDEX_MEMORY  # bfloat16 bytes for the fast neighbour scan (0: neighbors.search alone)
     index_progress: bool = True  # the index build's progress bar on the server's stderr
+
+    def __post_init__(self) -> None:
+        if self.max_upload_bytes < 1 or self.max_upload_pixels < 1:
+            raise ConfigError(f"upload limits must be positive, got {self.max_upload_bytes} bytes, "
+                              f"{self.max_upload_pixels} pixels")  # fmt: skip
+        if self.index_memory < 0:
+            raise ConfigError(f"index_memory must be >= 0, got {self.index_memory}")
+        if not self.layer:
+            raise ConfigError("the neighbour layer must be named (e.g. fc7)")
 
 
 @dataclass
@@ -68,6 +79,10 @@ class Picked:
 
 
 class Explorer:
+    """One checkpoint (a file or a run folder) and, with `options.data`, its store: every answer
+    the server gives, as plain dicts, PNG bytes or tensors. Store or run parts that are absent are
+    listed in `missing` with the reason; asking for them raises Unavailable."""
+
     def __init__(self, source: str, options: ServeOptions | None = None) -> None:
         self.options = opts = options or ServeOptions()
         self.source = Path(source)
