@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from alexnet.checkpoint import save_checkpoint
-from alexnet.cli import main
+from alexnet.cli import build_parser, main
 from alexnet.config import load_config
 from alexnet.data import open_dataset
 from alexnet.data.decode import decode_image
@@ -413,3 +413,22 @@ def test_non_finite_numbers_are_null_not_a_500(colour, tmp_path):
     with TestClient(create_app(Explorer(str(copy), ServeOptions(index_progress=False)))) as c:
         r = c.get("/api/run")
         assert r.status_code == 200 and r.json()["events"][-1]["loss"] is None
+
+
+def test_conv_local_has_no_fc7_and_says_so(colour, tmp_path):
+    data, _ = colour
+    ckpt = save_checkpoint(tmp_path / "conv-local.pt", create_model("conv-local"), preprocess=Preprocess.raw(3, 32, 32))
+    explorer = Explorer(str(ckpt), ServeOptions(data=str(data), index_progress=False))
+    with TestClient(create_app(explorer)) as c:
+        missing = c.get("/api/model").json()["missing"]
+        assert "no layer 'fc7'" in missing["neighbors"] and "local4" in missing["neighbors"] and "store" not in missing
+        r = c.get("/api/neighbors?index=0")
+        assert r.status_code == 409 and "--layer" in r.json()["error"]
+        assert [layer["name"] for layer in c.get("/api/explore?index=0").json()["layers"]][-1] == "fc10"
+    with_layer = Explorer(str(ckpt), ServeOptions(data=str(data), layer="local4", index_progress=False))
+    assert "neighbors" not in with_layer.missing and with_layer.index.wait(120) is not None
+
+
+def test_listens_on_loopback_unless_told():
+    args = build_parser().parse_args(["serve", "run"])
+    assert args.host == "127.0.0.1" and args.port == 8000 and args.threads == 1
