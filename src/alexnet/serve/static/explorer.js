@@ -37,7 +37,7 @@ function renderModel(info) {
   const mean = pp.mean_image ? "mean image" : `mean ${pp.mean.map((v) => v.toFixed(1)).join("/")}`;
   const std = pp.std ? `, std ${pp.std.map((v) => v.toFixed(1)).join("/")}` : "";
   $("model-line").textContent = `${info.arch} from ${info.source} · ${info.classes.length} classes · ` +
-    `input ${pp.in_chans}×${pp.crop}×${pp.crop} (centre of ${pp.resize}, ${pp.channel_order}, ${mean}${std}, ×${+pp.scale.toFixed(5)}) · ` +
+    `input ${pp.in_chans}×${pp.crop}×${pp.crop} (centre of ${pp.resize}, ${pp.in_chans === 3 ? pp.channel_order : "grey"}, ${mean}${std}, ×${+pp.scale.toFixed(5)}) · ` +
     `${info.towers > 1 ? info.towers + " towers" : "one tower"} · ${info.device}`;
   for (const [part, why] of Object.entries(info.missing)) note(`${part}: ${why}`);
   $("layer-buttons").append(layerButton("all"));
