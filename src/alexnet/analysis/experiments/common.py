@@ -107,8 +107,8 @@ class Context:
     def run(self, cfg: TrainConfig, label: str, measure: bool = True) -> dict[str, Any]:
         """Train `cfg` (or reuse its finished run) and measure it: the training curve, and with
         `measure` the test error and the train error in eval mode. The record names its run folder."""
-        key = hashlib.sha256(json.dumps([cfg.to_dict(), str(self.data.resolve())], sort_keys=True).encode()).hexdigest()
-        run_dir = self.out / "runs" / f"{cfg.model.arch}-{key[:12]}"
+        key = hashlib.sha256(json.dumps([_changed(cfg), str(self.data.resolve())], sort_keys=True).encode()).hexdigest()
+        run_dir = self.out / "runs" / f"{cfg.model.arch}-seed{cfg.seed}-{key[:12]}"
         done = run_dir / "result.json"
         if done.is_file():
             rec = json.loads(done.read_text())
@@ -151,6 +151,23 @@ class Context:
         if self.train_eval != 10_000:
             parts += ["--train-eval", str(self.train_eval)]
         return shlex.join(parts + (["--set", *self.overrides] if self.overrides else []))
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "options":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _changed(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings that differ from TrainConfig's defaults: a run's identity, which a setting added
+    to the project later (at its default) does not change."""
+    default = _flat(TrainConfig().to_dict())
+    return {k: v for k, v in _flat(cfg.to_dict()).items() if default.get(k, object()) != v}
 
 
 def _batches(store: Store, indices: np.ndarray, batch_size: int = 500) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
