@@ -207,3 +207,10 @@ def test_wrong_shapes_and_missing_layers_are_named(imported, tmp_path):
     (tmp_path / "junk.npy").write_bytes(b"not numpy at all")
     with pytest.raises(CheckpointError, match="not a readable .npy"):
         load_npy_object(tmp_path / "junk.npy")
+
+
+def test_conv1_kernels_come_out_in_rgb_for_bgr_weights(imported):
+    ckpt_path = imported[2]
+    weight, towers = Predictor.load(ckpt_path, device="cpu").conv1()
+    stored = load_checkpoint(ckpt_path)["state_dict"]["features.conv1.weight"]
+    assert towers == 2 and torch.equal(weight, stored.flip(1))  # the file's channel 0 is blue

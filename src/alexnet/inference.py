@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, preprocess_of
 from .data import Store
-from .data.decode import BadImage, decode_image
+from .data.decode import MAX_PIXELS, BadImage, decode_image
 from .errors import DataError
 from .models import activations, conv1_weight, towers
 from .parallel.model_parallel import parse_devices, split_towers
@@ -109,11 +109,12 @@ class Predictor:
         if store.num_classes > self.num_classes:
             raise DataError(f"the store has {store.num_classes} classes, the checkpoint {self.num_classes}")
 
-    def read_image(self, source: str | os.PathLike[str] | bytes) -> Tensor:
+    def read_image(self, source: str | os.PathLike[str] | bytes, *, min_side: int = 1,
+                   max_pixels: int = MAX_PIXELS) -> Tensor:  # fmt: skip
         """An image file (or its bytes) -> uint8 (C, S, S) as the store would hold it: short side to
-        `resize`, the central square. BadImage or OSError when it cannot be read."""
+        `resize`, the central square. BadImage (too small, too large, not an image) or OSError."""
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
-        arr = decode_image(data, self.preprocess.resize, self.preprocess.in_chans, min_side=1)
+        arr = decode_image(data, self.preprocess.resize, self.preprocess.in_chans, min_side=min_side, max_pixels=max_pixels)
         return torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)  # writable: torch warns on read-only
 
     def _batch(self, images: Tensor | np.ndarray) -> Tensor:
@@ -177,5 +178,7 @@ class Predictor:
         return list(images), self.top(self.probs(images, views), k), truth
 
     def conv1(self) -> tuple[Tensor, int]:
-        """conv1's kernels (K, C, kh, kw) on the CPU and how many towers they feed (Fig. 3)."""
-        return conv1_weight(self.model).detach().float().cpu(), towers(self.model)
+        """conv1's kernels (K, C, kh, kw) on the CPU, channels in RGB order (Caffe's weights read BGR
+        images), and how many towers they feed (Fig. 3)."""
+        weight = conv1_weight(self.model).detach().float().cpu()
+        return (weight.flip(1) if self.preprocess.channel_order == "BGR" else weight), towers(self.model)

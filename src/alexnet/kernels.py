@@ -15,12 +15,14 @@ opaque op with known output shapes instead of a pybind call they cannot trace.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
 import platform
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -96,18 +98,36 @@ def load() -> Any:
             from torch.utils import cpp_extension
 
             key, folder = _build_dir({name: (CSRC / name).read_bytes() for name in SOURCES})
-            _module = cpp_extension.load(
-                name=f"alexnet_cpu_{key}",
-                sources=[str(folder / name) for name in SOURCES],
-                build_directory=str(folder),  # torch's file lock there serialises concurrent builds
-                extra_cflags=CFLAGS,
-                extra_ldflags=["-fopenmp"],
-                verbose=False,
-            )
+            with _build_lock(folder):
+                _module = cpp_extension.load(
+                    name=f"alexnet_cpu_{key}",
+                    sources=[str(folder / name) for name in SOURCES],
+                    build_directory=str(folder),
+                    extra_cflags=CFLAGS,
+                    extra_ldflags=["-fopenmp"],
+                    verbose=False,
+                )
         except Exception as exc:  # no compiler, no headers, no ninja: the torch-op paths still work
             _log.info("C++ kernels unavailable, using torch ops: %s", exc)
             _module = False
     return _module or None
+
+
+@contextmanager
+def _build_lock(folder: Path) -> Iterator[None]:
+    """One builder per folder at a time, by an flock the kernel drops when its holder dies.
+
+    torch's extension builder serialises builds with a `lock` file that a killed build leaves
+    behind, after which every later process waits for it forever. Holding our flock we know no
+    other process of ours is building, so a `lock` file found then is stale and is removed.
+    """
+    with open(folder / ".build.flock", "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            (folder / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def available() -> bool:

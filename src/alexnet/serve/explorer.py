@@ -364,9 +364,7 @@ class Explorer:
         return self._kernels
 
     def _draw_kernels(self) -> dict[str, Any]:
-        weight, towers_ = self.predictor.conv1()
-        if self.predictor.preprocess.channel_order == "BGR":
-            weight = weight.flip(1)  # the kernels see BGR images: channel 0 is blue
+        weight, towers_ = self.predictor.conv1()  # in RGB order, Caffe's BGR kernels too
         w = weight.numpy()
         k = w.shape[0]
         towers_ = towers_ if towers_ >= 1 and k % towers_ == 0 else 1

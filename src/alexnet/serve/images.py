@@ -67,7 +67,7 @@ def read_upload(predictor: Predictor, data: bytes, *, max_bytes: int = MAX_UPLOA
         if min(w, h) < MIN_SIDE:
             raise UploadError(f"image too small ({w}x{h}; prepare keeps images whose short side is >= {MIN_SIDE})")
     try:
-        return predictor.read_image(data)
+        return predictor.read_image(data, min_side=MIN_SIDE, max_pixels=max_pixels)  # the decoder checks again
     except BadImage as exc:
         raise UploadError(f"not a usable image: {exc}") from None
     except (OSError, ValueError, MemoryError) as exc:  # anything else the decoder trips on is still the file's fault
