@@ -59,7 +59,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
                {"relu": (), "tanh": ("model.options.activation=tanh",)}, epochs=8, kind="sweep",
                options={"lrs": (0.005, 0.01, 0.02, 0.04), "threshold": 0.25}),
     Experiment("lrn", "3.3: response normalization takes the conv-local net from 13% to 11% test error on CIFAR-10",
-               "-2% test error", None, LRN, {"lrn": (), "no-lrn": ("model.options.lrn=false",)}, epochs=10),
+               "-2% test error", None, LRN, {"lrn": (), "no-lrn": ("model.options.lrn=false",)}, epochs=8),
     Experiment("pca-lighting", "4.1: PCA colour (lighting) augmentation lowers top-1 error by over 1%", "-1% top-1",
                CIFAR, (), {"lighting": (), "no-lighting": ("data.lighting=0.0",)}, epochs=ABLATION_EPOCHS,
                needs_rgb=True),
