@@ -292,13 +292,7 @@ def _run(args: argparse.Namespace, tmp: Path, servers: list[Server], load_before
             "POST", "/api/explore", *multipart(paper_jpegs[r], "a.jpg", "image/jpeg"))  # fmt: skip
         candidates["paper classify (500x375 JPEG upload)"] = lambda r: paper.client.ok(
             "POST", "/api/classify", *multipart(paper_jpegs[-1 - r], "b.jpg", "image/jpeg"))  # fmt: skip
-    times: dict[str, list[float]] = {name: [] for name in candidates}
-    for r in range(rounds):
-        for name, fn in candidates.items():
-            t = _time(lambda: fn(r))
-            if r >= args.warmup:
-                times[name].append(t)
-    single = {name: _stats(ts) for name, ts in times.items()}
+    single = _rounds(candidates, args.warmup, rounds)
 
     concurrent = {"demo explore": _concurrent(demo.client, [
         (lambda i=i: demo.client.ok("GET", f"/api/explore?index={i % n_test}")) for i in range(args.clients * args.per_client)
@@ -323,6 +317,17 @@ def _run(args: argparse.Namespace, tmp: Path, servers: list[Server], load_before
         "targets_ms": TARGETS_MS, "load_before": list(load_before), "load_after": list(os.getloadavg()),
         "env": environment(),
     }  # fmt: skip
+
+
+def _rounds(candidates: dict[str, Callable[[int], Any]], warmup: int, rounds: int) -> dict[str, Any]:
+    """Every candidate once per round, round-robin (drift hits all alike); the first `warmup` rounds untimed."""
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for r in range(rounds):
+        for name, fn in candidates.items():
+            t = _time(lambda: fn(r))
+            if r >= warmup:
+                times[name].append(t)
+    return {name: _stats(ts) for name, ts in times.items()}
 
 
 def _neighbour_search(folder: Path, rows: int, dim: int, warmup: int, repeats: int) -> dict[str, Any]:

@@ -5,6 +5,9 @@ page picks test images from, the neighbour index, the run folder's metrics, and 
 uploads. Every method is synchronous and may take tens of milliseconds: the web app calls them
 in worker threads. One lock serialises the model: `activations` hooks the model's modules while
 it runs, so two forwards at once would see each other's hooks.
+
+The module is one class of short methods, one per thing the API answers (~420 lines); the
+image decoding and encoding (images.py) and the neighbour index (index.py) live apart.
 """
 
 from __future__ import annotations
