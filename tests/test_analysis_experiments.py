@@ -83,8 +83,10 @@ def test_fig1_sweeps_one_grid_per_arm_and_repeats_the_fastest_rate(cifar_small, 
     for arm, a in r["arms"].items():
         assert [s["lr"] for s in a["sweep"]] == list(grid)
         assert a["best_lr"] in grid and len(a["runs"]) == 2
-        assert a["runs"][0]["run"] == next(s["run"] for s in a["sweep"] if s["lr"] == a["best_lr"])  # seed 0 reused
-        assert f"lr: {a['best_lr']}" in _config(a["runs"][1]["run"])
+        assert all(f"lr: {a['best_lr']}" in _config(x["run"]) for x in a["runs"])
+        # the sweep runs for at most sweep_epochs; the seeds at the fastest rate for the experiment's epochs
+        assert all("\nepochs: 20\n" in _config(x["run"]) for x in a["sweep"])
+        assert all("\nepochs: 1\n" in _config(x["run"]) for x in a["runs"])
     assert "activation: tanh" in _config(r["arms"]["tanh"]["runs"][0]["run"])
     cfg = _config(r["arms"]["relu"]["runs"][0]["run"])
     assert "arch: cifar-18pct" in cfg and "weight_decay: 0.0" in cfg and "flip: false" in cfg  # no regularization
