@@ -64,7 +64,8 @@ def _cli_train(args, **kw):
 
 
 def test_kill_9_and_resume_ends_with_the_same_weights(fashion_small, tmp_path):
-    args = ["--preset", "demo", "--data", str(fashion_small), *TINY, "epochs=2", "deterministic=true",
+    # 4 epochs = 80 steps, a checkpoint every 3: the kill lands seconds before the end, not after it
+    args = ["--preset", "demo", "--data", str(fashion_small), *TINY, "epochs=4", "deterministic=true",
             "checkpoint_every=3"]  # fmt: skip
     ref = _cli_train([*args, "--out", str(tmp_path / "ref")])
     assert ref.wait(timeout=600) == 0, ref.stderr.read()
@@ -72,10 +73,9 @@ def test_kill_9_and_resume_ends_with_the_same_weights(fashion_small, tmp_path):
     last = tmp_path / "victim" / "last.pt"
     deadline = time.time() + 300
     while not last.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # somewhere after the first checkpoint, mid-step
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)  # somewhere after the first checkpoint, mid-step
+    assert victim.wait() == -signal.SIGKILL, "the run ended before the kill"
     killed_at = load_checkpoint(last)["train_state"]["progress"]["step"]
     resumed = _cli_train(["--resume", str(tmp_path / "victim")])
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
