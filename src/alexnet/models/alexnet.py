@@ -211,4 +211,4 @@ _register("alexnet", "the paper's two-tower net (groups=2 on conv2/4/5), LRN, 3x
 _register("alexnet-1gpu", "the paper's net without groups (the one-GPU retelling); 62,378,344 params", ONE_GPU)
 _register("caffenet", "Caffe's CaffeNet: pool before LRN, Caffe's LRN constants (alpha/n, k=1), 227 input", CAFFENET)
 _register("alexnet-small", "the paper's topology for 28-32 px images (Fashion-MNIST, CIFAR-10), any channel count",
-          SMALL, OPTIONS + ("widths", "fc", "groups"))  # fmt: skip
+          SMALL, OPTIONS + ("widths", "fc", "groups", "lrn_position"))  # fmt: skip
