@@ -142,6 +142,8 @@ def test_layer_order_paper_vs_caffenet():
     caffe = [n for n, _ in create_model("caffenet").features.named_children()]
     assert paper[:4] == ["conv1", "act1", "norm1", "pool1"]
     assert caffe[:4] == ["conv1", "act1", "pool1", "norm1"]
+    small = [n for n, _ in create_model("alexnet-small", lrn_position="after-pool").features.named_children()]
+    assert small[:4] == ["conv1", "act1", "pool1", "norm1"]  # the cifar10 preset's order
 
 
 @pytest.mark.parametrize("name", ["alexnet", "alexnet-1gpu", "caffenet", "alexnet-small"])
