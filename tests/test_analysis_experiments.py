@@ -12,7 +12,7 @@ import yaml
 from analysis_helpers import make_dataset
 
 from alexnet.analysis.experiments import (EXPERIMENTS, colourfulness, epochs_to, format_table, precision_at_k,
-                                          run_experiment, tower_means)  # fmt: skip
+                                          random_halves, run_experiment, tower_means)  # fmt: skip
 from alexnet.cli import main
 from alexnet.errors import DataError
 
@@ -109,8 +109,9 @@ def test_towers_measures_each_half_of_conv1_per_seed(cifar_small, tmp_path):
     assert two["towers"] == 2 and one["towers"] == 1 and len(two["index"]) == 8
     assert two["tower_means"] == pytest.approx(tower_means(np.array(two["index"])), abs=1e-3)
     assert two["gap"] == pytest.approx(abs(two["tower_means"][0] - two["tower_means"][1]))
+    assert 0.0 < two["p"] <= 1.0 and two["random_gap"] >= 0.0
     assert yaml.safe_load(_config(one["run"]))["model"]["options"]["groups"] == [1, 1, 1, 1, 1]
-    _table_ok(tmp_path / "towers", "towers", r)
+    assert "gap of random halves" in _table_ok(tmp_path / "towers", "towers", r)
     _png_ok(tmp_path / "towers" / "kernels.png")
 
 
@@ -143,6 +144,11 @@ def test_colourfulness_on_constructed_kernels():
     # the index ignores a kernel's mean and its scale
     np.testing.assert_allclose(colourfulness(np.concatenate([red_only * 7 + 3])), [2 / 3], atol=1e-12)
     assert tower_means(np.array([0.0, 0.2, 0.9, 0.7])) == pytest.approx([0.1, 0.8])
+    # 4 kernels split into halves 3 ways, equally likely: {0, .2 | .9, .7} gap .7; {0, .9 | .2, .7} gap 0;
+    # {0, .7 | .2, .9} gap .2. The towers' own gap .7 is the largest: p = 1/3 of random halves reach it
+    chance = random_halves(np.array([0.0, 0.2, 0.9, 0.7]), draws=30_000)
+    assert chance["gap"] == pytest.approx(0.7) and chance["p"] == pytest.approx(1 / 3, abs=0.01)
+    assert chance["random_gap"] == pytest.approx((0.7 + 0.0 + 0.2) / 3, abs=0.01)
     with pytest.raises(ValueError, match="RGB"):
         colourfulness(np.zeros((4, 1, 5, 5)))
 

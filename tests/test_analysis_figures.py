@@ -44,7 +44,10 @@ def test_each_visualize_figure_is_written(setup, figure, tmp_path, capsys):
         "curves": ["curves", "--run", str(run)],
     }[figure]  # fmt: skip
     assert main(["visualize", *args, "--out", str(out)]) == 0
-    assert f"wrote {out}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed
+    if figure == "kernels":  # RGB kernels: how colourful each half is, against random halves
+        assert "colourfulness of conv1's halves:" in printed and "random halves of the same kernels" in printed
     _picture(out)
 
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..analysis import neighbors
+from ..analysis.experiments.fig3 import describe_towers
 from ..analysis.features import open_features
 from ..data.store import open_split
 from ..errors import AlexNetError, ConfigError, DataError
@@ -19,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     kinds = p.add_subparsers(dest="figure", metavar="FIGURE")
     kinds.required = True
 
-    k = kinds.add_parser("kernels", help="conv1's kernels as colour images, the two towers side by side (Fig. 3)")
+    k = kinds.add_parser("kernels", help="conv1's kernels as colour images, the two towers side by side (Fig. 3), "
+                         "and how colourful each half is")
     k.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
     k.add_argument("--towers", type=int, default=None, help="groups to split the kernels into (default: from conv2)")
     k.set_defaults(func=_kernels)
@@ -57,7 +59,10 @@ def _done(path: Path) -> int:
 
 def _kernels(args: argparse.Namespace) -> int:
     weight, towers = Predictor.load(args.checkpoint, device="cpu").conv1()
-    return _done(conv1_kernels(weight, args.out, towers=args.towers or towers))
+    code = _done(conv1_kernels(weight, args.out, towers=args.towers or towers))
+    if weight.shape[1] == 3 and len(weight) % 2 == 0:  # Fig. 3's question: is one tower the colour one?
+        print(describe_towers(weight))
+    return code
 
 
 def _neighbors(args: argparse.Namespace) -> int:

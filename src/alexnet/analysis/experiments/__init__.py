@@ -24,7 +24,7 @@ from ...errors import ConfigError
 from .arms import format_arms, run_arms
 from .common import Context, Experiment, Log, epochs_to
 from .fig1 import format_sweep, run_sweep
-from .fig3 import colourfulness, format_towers, run_towers, tower_means
+from .fig3 import colourfulness, format_towers, random_halves, run_towers, tower_means
 from .fig4 import format_retrieval, precision_at_k, run_retrieval
 
 CIFAR = "cifar10"  # the preset of issue 2/5
@@ -120,4 +120,4 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 __all__ = ["EXPERIMENTS", "Experiment", "colourfulness", "epochs_to", "format_table", "list_experiments",
-           "precision_at_k", "run_experiment", "tower_means"]  # fmt: skip
+           "precision_at_k", "random_halves", "run_experiment", "tower_means"]  # fmt: skip

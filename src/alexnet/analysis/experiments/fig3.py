@@ -47,6 +47,17 @@ def tower_means(index: np.ndarray, towers: int = 2) -> list[float]:
     return [float(part.mean()) for part in np.split(np.asarray(index), towers)]
 
 
+def random_halves(index: np.ndarray, draws: int = 20_000, seed: int = 0) -> dict[str, float]:
+    """The gap between the two towers' mean colourfulness against the gaps of random halvings of
+    the same kernels: how large a gap chance alone gives this net, and the share of random halves
+    whose gap is at least the towers' own (a permutation p-value)."""
+    index = np.asarray(index, dtype=np.float64)
+    gap = abs(float(np.subtract(*tower_means(index))))
+    rng = np.random.default_rng(seed)
+    null = np.array([abs(float(np.subtract(*tower_means(rng.permutation(index))))) for _ in range(draws)])
+    return {"gap": gap, "random_gap": float(null.mean()), "p": float((null >= gap - 1e-12).mean())}
+
+
 def run_towers(ctx: Context) -> dict[str, Any]:
     arms: dict[str, Any] = {}
     for arm, own in ctx.exp.arms.items():
@@ -56,8 +67,9 @@ def run_towers(ctx: Context) -> dict[str, Any]:
             weight, towers = Predictor.load(Path(rec["run"]) / "last.pt", device="cpu").conv1()
             index = colourfulness(weight)
             means = tower_means(index, 2)  # the control is split in halves too
-            rec.update(towers=towers, index=index.round(4).tolist(), tower_means=means,
-                       gap=abs(means[0] - means[1]), colour_tower=int(np.argmax(means)))  # fmt: skip
+            chance = random_halves(index)
+            rec.update(towers=towers, index=index.round(4).tolist(), tower_means=means, gap=chance["gap"],
+                       random_gap=chance["random_gap"], p=chance["p"], colour_tower=int(np.argmax(means)))  # fmt: skip
             runs.append(rec)
         arms[arm] = {"overrides": list(own), "runs": runs,
                      "summary": {k: summary([r[k] for r in runs]) for k in ("gap", "test_error")}}  # fmt: skip
@@ -71,14 +83,15 @@ def run_towers(ctx: Context) -> dict[str, Any]:
 def format_towers(results: dict[str, Any]) -> str:
     lines = [*header(results),
              "Mean colourfulness of conv1's kernels per half (0: grey, 1: pure colour contrast):", "",
-             "| arm | seed | first half | second half | gap | the more colourful half | test error |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| arm | seed | first half | second half | gap | gap of random halves (mean) | p | the more colourful half "
+             "| test error |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for arm, a in results["arms"].items():
         for r in a["runs"]:
             m = r["tower_means"]
-            lines.append(f"| {arm} | {r['seed']} | {m[0]:.3f} | {m[1]:.3f} | {r['gap']:.3f} | {r['colour_tower'] + 1} | "
-                         f"{100 * r['test_error']:.2f}% |")  # fmt: skip
-    lines += ["", "| arm | gap between the halves (mean +- std over seeds) |", "|---|---|"]
+            lines.append(f"| {arm} | {r['seed']} | {m[0]:.3f} | {m[1]:.3f} | {r['gap']:.3f} | {r['random_gap']:.3f} | "
+                         f"{r['p']:.3f} | {r['colour_tower'] + 1} | {100 * r['test_error']:.2f}% |")  # fmt: skip
+    lines += ["", "p: the share of 20,000 random halvings of the same net's kernels with a gap at least as large.",
+              "", "| arm | gap between the halves (mean +- std over seeds) |", "|---|---|"]
     lines += [f"| {arm} | {pm(a['summary']['gap'], 1.0, '', 3)} |" for arm, a in results["arms"].items()]
     return "\n".join([*lines, "", footer(results)])
 
@@ -97,3 +110,12 @@ def plot_towers(results: dict[str, Any], out: str | os.PathLike[str]) -> Path:
             ax.set_title(f"{arm}, seed {r['seed']}, half {t + 1}: colourfulness {r['tower_means'][t]:.2f}", fontsize=8)
             ax.axis("off")
     return _save(fig, out)
+
+
+
+def describe_towers(weight: np.ndarray | torch.Tensor) -> str:
+    """One line for RGB conv1 kernels: each half's mean colourfulness, their gap, and chance's."""
+    index = colourfulness(weight)
+    m, chance = tower_means(index), random_halves(index)
+    return (f"colourfulness of conv1's halves: {m[0]:.3f} and {m[1]:.3f}, gap {chance['gap']:.3f}; random halves of the "
+            f"same kernels: gap {chance['random_gap']:.3f} on average, at least as large in {100 * chance['p']:.1f}%")
