@@ -16,8 +16,8 @@ from PIL import Image, ImageOps
 
 from alexnet.cli import main
 from alexnet.data import open_dataset, open_store
-from alexnet.data.prepare import PrepareOptions, prepare
 from alexnet.data.decode import BadImage, decode_image, resize_center_crop
+from alexnet.data.prepare import PrepareOptions, prepare
 from alexnet.errors import DataError
 
 prepare_mod = sys.modules["alexnet.data.prepare"]
@@ -253,6 +253,7 @@ def test_killed_prepare_never_looks_complete_and_rerun_finishes(tmp_path):
     r = prepare(str(tmp_path / "src"), out, PrepareOptions(size=16, workers=1, chunk=4, progress=False))
     assert r["splits"]["train"]["count"] == 120 and not (out / ".prepare").exists()
     fresh = prepare(str(tmp_path / "src"), tmp_path / "fresh", PrepareOptions(size=16, workers=2, chunk=4, progress=False))
+    assert fresh["splits"]["train"]["count"] == 120
     a, b = open_store(out / "train"), open_store(tmp_path / "fresh" / "train")
     assert np.array_equal(a.images[:], b.images[:]) and np.array_equal(a.labels, b.labels)
     np.testing.assert_array_equal(a.stats.mean_image, b.stats.mean_image)
