@@ -106,10 +106,11 @@ def _mean_distance(pixels: FlatPixels, q_pixels: np.ndarray, rows: np.ndarray) -
 def _draw(first: dict[str, Any], train_store: Store, folder: Path, k: int, count: int = 8) -> None:
     q = first["queries"]
     names = train_store.class_names
-    q_images = list(first["q_store"].read(q.indices[:count]))
-    q_labels = [names[int(label)] for label in q.labels[:count]]
+    shown = np.linspace(0, len(q) - 1, min(count, len(q))).astype(int)  # spread: stores keep a class's images together
+    q_images = list(first["q_store"].read(q.indices[shown]))
+    q_labels = [names[int(label)] for label in q.labels[shown]]
     for kind, found in (("fc7", first["fc7"]), ("pixels", first["pix"])):
-        rows = found.indices[:count, :k]
+        rows = found.indices[shown, :k]
         neighbors_grid(q_images, [list(train_store.read(r)) for r in rows], folder / f"neighbors-{kind}.png",
                        query_labels=q_labels,
                        neighbor_labels=[[names[int(train_store.labels[i])] for i in r] for r in rows])  # fmt: skip
