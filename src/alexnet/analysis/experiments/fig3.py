@@ -112,7 +112,6 @@ def plot_towers(results: dict[str, Any], out: str | os.PathLike[str]) -> Path:
     return _save(fig, out)
 
 
-
 def describe_towers(weight: np.ndarray | torch.Tensor) -> str:
     """One line for RGB conv1 kernels: each half's mean colourfulness, their gap, and chance's."""
     index = colourfulness(weight)
