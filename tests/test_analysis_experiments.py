@@ -14,7 +14,7 @@ from analysis_helpers import make_dataset
 from alexnet.analysis.experiments import (EXPERIMENTS, colourfulness, epochs_to, format_table, precision_at_k,
                                           random_halves, run_experiment, tower_means)  # fmt: skip
 from alexnet.cli import main
-from alexnet.errors import DataError
+from alexnet.errors import AlexNetError, ConfigError, DataError
 
 # tiny nets and short runs: the real code paths, in seconds
 TINY = ("batch_size=16", "data.workers=0", "checkpoint_every=100000")
@@ -176,3 +176,40 @@ def test_format_table_of_a_saved_result(cifar_small, tmp_path):
     r = run_experiment("dropout", cifar_small, tmp_path, seeds=1, epochs=1, max_steps=1, overrides=(*TINY, *TINY_SMALL),
                        train_eval=20)  # fmt: skip
     assert format_table(json.loads((tmp_path / "dropout" / "results.json").read_text())) == format_table(r)
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_jobs_train_every_run_in_workers_with_the_results_of_one_at_a_time(cifar_small, tmp_path, one_thread):
+    # the sweep's two rounds (the grid, then the seeds at each arm's fastest rate) and the common
+    # arms; every run in a worker at 1 thread (2 // 2), against the same runs in-process at 1 thread
+    for name, over in (("relu-vs-tanh", (*TINY, "stop_train_error=0.99")), ("dropout", (*TINY, *TINY_SMALL))):
+        args = dict(seeds=1, epochs=1, max_steps=3, overrides=over, train_eval=20)
+        torch.set_num_threads(2)
+        parent: list[str] = []
+        parallel = run_experiment(name, cifar_small, tmp_path / "jobs", jobs=2, log=parent.append, **args)
+        torch.set_num_threads(1)
+        serial = run_experiment(name, cifar_small, tmp_path / "serial", **args)
+        # the runner found every run finished: the workers trained them all, in prefetch rounds
+        assert parent and all("at a time at 1 thread(s) each" in m for m in parent)
+        assert len(parent) == (2 if name == "relu-vs-tanh" else 1)
+        for arm, a in parallel["arms"].items():
+            b = serial["arms"][arm]
+            assert [r["run"].rsplit("/", 1)[1] for r in a["runs"]] == [r["run"].rsplit("/", 1)[1] for r in b["runs"]]
+            assert [r["curve"] for r in a["runs"]] == [r["curve"] for r in b["runs"]]
+            assert [r.get("test_error") for r in a["runs"]] == [r.get("test_error") for r in b["runs"]]
+            assert a.get("best_lr") == b.get("best_lr")
+
+
+def test_a_failing_worker_is_one_line_naming_its_run(cifar_small, tmp_path):
+    with pytest.raises(AlexNetError, match=r"2 of 2 worker run\(s\) failed, the first 'dropout' seed 0 with exit status 2"):
+        run_experiment("dropout", cifar_small, tmp_path, seeds=1, epochs=1, max_steps=1, jobs=2,
+                       overrides=(*TINY, *TINY_SMALL, "device=cuda"))  # fmt: skip
+    with pytest.raises(ConfigError, match="jobs must be >= 1"):
+        run_experiment("dropout", cifar_small, tmp_path, seeds=1, jobs=0)

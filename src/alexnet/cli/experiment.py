@@ -1,4 +1,4 @@
-"""`alexnet experiment NAME --data STORE [--seeds 3] [--epochs E] [--max-steps N] [--out results] [--set key=value ...]`"""
+"""`alexnet experiment NAME --data STORE [--seeds 3] [--epochs E] [--max-steps N] [--jobs N] [--out results] [--set key=value ...]`"""
 
 from __future__ import annotations
 
@@ -27,7 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the experiment's own)")
     p.add_argument("--max-steps", type=int, default=0, help="stop each run after this many steps (0: no limit)")
     p.add_argument("--train-eval", type=int, default=10_000, help="training images to measure train error on")
-    p.add_argument("--progress", action="store_true", help="a progress bar per run")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="train this many runs at once, each in its own process on 1/JOBS of torch's threads "
+                   "(default 1: one run after another on all of them)")  # fmt: skip
+    p.add_argument("--progress", action="store_true", help="a progress bar per run (with --jobs 1)")
     p.add_argument("--json", action="store_true", help="print results.json instead of the table")
     # an option, not trailing positionals: argparse cannot take positionals both before and after options
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         result = run_experiment(
             name, args.data, args.out, seeds=args.seeds, epochs=args.epochs, max_steps=args.max_steps,
-            overrides=args.overrides, train_eval=args.train_eval, progress=args.progress,
+            overrides=args.overrides, train_eval=args.train_eval, progress=args.progress, jobs=args.jobs,
             log=lambda m: print(m, file=sys.stderr, flush=True),
         )  # fmt: skip
         out.append(result)

@@ -106,11 +106,13 @@ def run_experiment(
     train_eval: int = 10_000,
     progress: bool = False,
     log: Log | None = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
-    """Run experiment `name` with seeds 0..seeds-1 and write its results.json, table.md and figures under out/name."""
+    """Run experiment `name` with seeds 0..seeds-1 and write its results.json, table.md and figures under
+    out/name; `jobs` > 1 trains that many runs at once in worker processes (Context.prefetch)."""
     exp = get(name)
     ctx = Context.open(exp, data, out, seeds=seeds, epochs=epochs, max_steps=max_steps, overrides=overrides,
-                       train_eval=train_eval, progress=progress, log=log)  # fmt: skip
+                       train_eval=train_eval, progress=progress, log=log, jobs=jobs)  # fmt: skip
     return RUNNERS[exp.kind](ctx)
 
 

@@ -13,8 +13,11 @@ import hashlib
 import json
 import os
 import shlex
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ import torch
 from ...config import TrainConfig, load_config
 from ...data import Store, open_dataset
 from ...data.loader import balanced_subset
-from ...errors import ConfigError, DataError
+from ...errors import AlexNetError, ConfigError, DataError
 from ...evaluate import evaluate_batches
 from ...files import write_text_atomic
 from ...inference import Predictor
@@ -34,6 +37,7 @@ from ...train import TrainingDiverged, train
 from ...train.rundir import RunDir
 
 Log = Callable[[str], None]
+Job = tuple[str, int, tuple[str, ...], bool]  # a run a runner will ask for: arm, seed, extra settings, measure
 
 
 @dataclass(frozen=True)
@@ -73,14 +77,17 @@ class Context:
     train_eval: int
     progress: bool
     log: Log | None
+    jobs: int = 1
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
     def open(cls, exp: Experiment, data: str | os.PathLike[str], out: str | os.PathLike[str], *, seeds: int,
              epochs: int | None, max_steps: int, overrides: Sequence[str], train_eval: int, progress: bool,
-             log: Log | None) -> Context:  # fmt: skip
+             log: Log | None, jobs: int = 1) -> Context:  # fmt: skip
         if seeds < 1:
             raise ConfigError(f"seeds must be >= 1, got {seeds}")
+        if jobs < 1:
+            raise ConfigError(f"jobs must be >= 1, got {jobs}")
         splits = open_dataset(data)
         if "train" not in splits or not ({"test", "val"} & set(splits)):
             raise DataError(f"{data} needs a train split and a test (or val) split; found {', '.join(splits)}")
@@ -89,7 +96,7 @@ class Context:
                             f"{splits['train'].channels}-channel images. Use CIFAR-10: alexnet prepare cifar10 OUT "
                             "(or the JPEG tree: alexnet prepare DIR OUT --val-fraction 0.1)")  # fmt: skip
         return cls(exp, Path(data), Path(out), splits, seeds, epochs or exp.epochs, max_steps, tuple(overrides),
-                   train_eval, progress, log)  # fmt: skip
+                   train_eval, progress, log, jobs)  # fmt: skip
 
     @property
     def train_store(self) -> Store:
@@ -104,11 +111,53 @@ class Context:
         per_epoch = max(1, (probe.data.train_subset or len(self.train_store)) // probe.batch_size)
         return load_config(self.exp.preset, None, [*items, f"log_every={max(1, per_epoch // 25)}", f"seed={seed}"])
 
+    def run_dir(self, cfg: TrainConfig) -> Path:
+        """The run's folder: named by its settings (those off TrainConfig's defaults) and its data."""
+        key = hashlib.sha256(json.dumps([_changed(cfg), str(self.data.resolve())], sort_keys=True).encode()).hexdigest()
+        return self.out / "runs" / f"{cfg.model.arch}-seed{cfg.seed}-{key[:12]}"
+
+    def finished(self, cfg: TrainConfig, measure: bool) -> bool:
+        """Whether `run(cfg, ..., measure)` would only read what is on disk."""
+        done = self.run_dir(cfg) / "result.json"
+        if not done.is_file():
+            return False
+        rec = json.loads(done.read_text())
+        return not measure or rec["diverged"] or "test_error" in rec
+
+    def prefetch(self, jobs: Sequence[Job]) -> None:
+        """Train the runs a runner is about to ask for, `self.jobs` at a time, so that its `run`
+        calls find them finished. Each goes to a worker process (`python -m
+        alexnet.analysis.experiments.worker`, the same `run` on the same settings) with threads/jobs
+        threads, so on a CPU the runs go side by side instead of one after another. With jobs=1
+        this does nothing and `run` trains each in turn. A failed worker's run resumes on the next
+        invocation; the others finish first."""
+        todo = [job for job in jobs if not self.finished(self.config(job[0], job[1], *job[2]), job[3])]
+        if self.jobs <= 1 or not todo:
+            return
+        threads = max(1, torch.get_num_threads() // self.jobs)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+        def one(job: Job) -> tuple[Job, int]:
+            spec = {"name": self.exp.name, "data": str(self.data), "out": str(self.out), "seeds": self.seeds,
+                    "epochs": self.epochs, "max_steps": self.max_steps, "overrides": list(self.overrides),
+                    "train_eval": self.train_eval, "arm": job[0], "seed": job[1], "extra": list(job[2]),
+                    "measure": job[3], "label": " ".join((job[0], *job[2])), "threads": threads, "log": self.log is not None}  # fmt: skip
+            return job, subprocess.run([sys.executable, "-m", "alexnet.analysis.experiments.worker", json.dumps(spec)],
+                                       env=env).returncode  # fmt: skip
+
+        if self.log:
+            self.log(f"{self.exp.name}: {len(todo)} run(s) to train, {self.jobs} at a time at {threads} thread(s) each")
+        with ThreadPoolExecutor(self.jobs) as pool:
+            failed = [(job, rc) for job, rc in pool.map(one, todo) if rc != 0]
+        if failed:
+            (arm, seed, _, _), rc = failed[0]
+            raise AlexNetError(f"{len(failed)} of {len(todo)} worker run(s) failed, the first {arm!r} seed {seed} with exit "
+                               f"status {rc} (its output is above); run the experiment again to resume them")  # fmt: skip
+
     def run(self, cfg: TrainConfig, label: str, measure: bool = True) -> dict[str, Any]:
         """Train `cfg` (or reuse its finished run) and measure it: the training curve, and with
         `measure` the test error and the train error in eval mode. The record names its run folder."""
-        key = hashlib.sha256(json.dumps([_changed(cfg), str(self.data.resolve())], sort_keys=True).encode()).hexdigest()
-        run_dir = self.out / "runs" / f"{cfg.model.arch}-seed{cfg.seed}-{key[:12]}"
+        run_dir = self.run_dir(cfg)
         done = run_dir / "result.json"
         if done.is_file():
             rec = json.loads(done.read_text())
@@ -127,7 +176,7 @@ class Context:
         metrics = RunDir(run_dir).metrics()
         rec: dict[str, Any] = {"seed": cfg.seed, "run": str(run_dir), "steps": steps, "diverged": diverged,
                                "seconds": round(time.perf_counter() - t0, 1),
-                               "curve": [(m["epoch"], m["train_error"]) for m in metrics if "train_error" in m]}  # fmt: skip
+                               "curve": [[m["epoch"], m["train_error"]] for m in metrics if "train_error" in m]}  # fmt: skip
         if measure and not diverged:
             rec.update(measure_run(run_dir, self.splits, self.train_eval))
         write_text_atomic(done, json.dumps(rec))

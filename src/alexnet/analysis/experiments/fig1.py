@@ -31,19 +31,24 @@ def run_sweep(ctx: Context) -> dict[str, Any]:
     sweep_epochs = ctx.exp.options["sweep_epochs"]
     short = (f"epochs={sweep_epochs}", f"eval_every={sweep_epochs}")
     arms: dict[str, Any] = {}
+    sweep_settings = {lr: (*short, f"optim.lr={lr}", stop) for lr in grid}
+    ctx.prefetch([(arm, 0, sweep_settings[lr], False) for arm in ctx.exp.arms for lr in grid])
     for arm, own in ctx.exp.arms.items():
         sweep = []
         for lr in grid:
-            rec = ctx.run(ctx.config(arm, 0, *short, f"optim.lr={lr}", stop), f"{arm} at lr {lr} (sweep)", measure=False)
+            rec = ctx.run(ctx.config(arm, 0, *sweep_settings[lr]), f"{arm} at lr {lr} (sweep)", measure=False)
             reached = None if rec["diverged"] else epochs_to(rec["curve"], threshold)
             final = None if rec["diverged"] or not rec["curve"] else rec["curve"][-1][1]
             sweep.append({"lr": lr, "epochs_to": reached, "final_error": final, "diverged": rec["diverged"],
                           "run": rec["run"]})  # fmt: skip
-        best = _fastest(sweep)
+        arms[arm] = {"overrides": list(own), "sweep": sweep, "best_lr": _fastest(sweep)}
+    ctx.prefetch([(arm, seed, (f"optim.lr={a['best_lr']}", stop), False) for arm, a in arms.items()
+                  if a["best_lr"] is not None for seed in range(ctx.seeds)])  # fmt: skip
+    for arm, a in arms.items():
+        best = a["best_lr"]
         runs = [] if best is None else [ctx.run(ctx.config(arm, seed, f"optim.lr={best}", stop), f"{arm} at lr {best}",
                                                 measure=False) for seed in range(ctx.seeds)]  # fmt: skip
-        arms[arm] = {"overrides": list(own), "sweep": sweep, "best_lr": best, "runs": runs,
-                     "summary": {"epochs_to": summary([epochs_to(r["curve"], threshold) for r in runs])}}  # fmt: skip
+        a.update(runs=runs, summary={"epochs_to": summary([epochs_to(r["curve"], threshold) for r in runs])})
     names = list(arms)
     relu, tanh = (arms[n]["runs"] for n in names[:2])
     ratios = [epochs_to(b["curve"], threshold) / epochs_to(a["curve"], threshold)
@@ -74,8 +79,9 @@ def format_sweep(results: dict[str, Any]) -> str:
         cells = []
         for n in names:
             s = arms[n]["sweep"][i]
-            cells.append("diverged" if s["diverged"] else f"not reached ({100 * s['final_error']:.1f}%)"
-                         if s["epochs_to"] is None else f"{s['epochs_to']:.2f}")  # fmt: skip
+            cells.append("diverged" if s["diverged"] else f"{s['epochs_to']:.2f}" if s["epochs_to"] is not None
+                         else "not reached" if s["final_error"] is None  # stopped before its first log point
+                         else f"not reached ({100 * s['final_error']:.1f}%)")  # fmt: skip
         lines.append(f"| {lr:g} | " + " | ".join(cells) + " |")
     lines += ["", f"At each arm's fastest rate, seeds 0..{results['seeds'] - 1}, at most {results['epochs']} epochs:", "",
               f"| arm | fastest learning rate | epochs to {100 * t:.0f}% (mean +- std over seeds) |", "|---|---|---|"]
