@@ -75,24 +75,25 @@ def test_the_reference_arm_is_trained_once_for_every_experiment_and_reruns_reuse
     assert json.loads((tmp_path / "pca-lighting" / "results.json").read_text())["arms"] == a["arms"]
 
 
-def test_fig1_sweeps_one_grid_per_arm_and_repeats_the_fastest_rate(cifar_small, tmp_path):
+@pytest.mark.parametrize("name, arch", [("relu-vs-tanh", "cifar-18pct"), ("relu-vs-tanh-conv-local", "conv-local")])
+def test_fig1_sweeps_one_grid_per_arm_and_repeats_the_fastest_rate(cifar_small, tmp_path, name, arch):
     # tiny: one step per run, so every rate "reaches" any threshold above chance at once or not at all
     over = (*TINY, "stop_train_error=0.99")
-    r = run_experiment("relu-vs-tanh", cifar_small, tmp_path, seeds=2, epochs=1, max_steps=3, overrides=over)
-    grid = EXPERIMENTS["relu-vs-tanh"].options["lrs"]
+    r = run_experiment(name, cifar_small, tmp_path, seeds=2, epochs=1, max_steps=3, overrides=over)
+    grid, sweep_epochs = EXPERIMENTS[name].options["lrs"], EXPERIMENTS[name].options["sweep_epochs"]
     for arm, a in r["arms"].items():
         assert [s["lr"] for s in a["sweep"]] == list(grid)
         assert a["best_lr"] in grid and len(a["runs"]) == 2
         assert all(f"lr: {a['best_lr']}" in _config(x["run"]) for x in a["runs"])
         # the sweep runs for at most sweep_epochs; the seeds at the fastest rate for the experiment's epochs
-        assert all("\nepochs: 20\n" in _config(x["run"]) for x in a["sweep"])
+        assert all(f"\nepochs: {sweep_epochs}\n" in _config(x["run"]) for x in a["sweep"])
         assert all("\nepochs: 1\n" in _config(x["run"]) for x in a["runs"])
     assert "activation: tanh" in _config(r["arms"]["tanh"]["runs"][0]["run"])
     cfg = _config(r["arms"]["relu"]["runs"][0]["run"])
-    assert "arch: cifar-18pct" in cfg and "weight_decay: 0.0" in cfg and "flip: false" in cfg  # no regularization
-    table = _table_ok(tmp_path / "relu-vs-tanh", "relu-vs-tanh", r)
+    assert f"arch: {arch}" in cfg and "weight_decay: 0.0" in cfg and "flip: false" in cfg  # no regularization
+    table = _table_ok(tmp_path / name, name, r)
     assert "fastest learning rate" in table and "paper: about 6x" in table
-    _png_ok(tmp_path / "relu-vs-tanh" / "plot.png")
+    _png_ok(tmp_path / name / "plot.png")
 
 
 def test_lrn_is_the_conv_local_net_with_and_without_its_norms(cifar_small, tmp_path):
