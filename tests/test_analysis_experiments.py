@@ -15,6 +15,7 @@ from alexnet.analysis.experiments import (EXPERIMENTS, colourfulness, epochs_to,
                                           random_halves, run_experiment, tower_means)  # fmt: skip
 from alexnet.cli import main
 from alexnet.errors import AlexNetError, ConfigError, DataError
+from alexnet.runtime import git_commit
 
 # tiny nets and short runs: the real code paths, in seconds
 TINY = ("batch_size=16", "data.workers=0", "checkpoint_every=100000")
@@ -177,6 +178,7 @@ def test_format_table_of_a_saved_result(cifar_small, tmp_path):
     r = run_experiment("dropout", cifar_small, tmp_path, seeds=1, epochs=1, max_steps=1, overrides=(*TINY, *TINY_SMALL),
                        train_eval=20)  # fmt: skip
     assert format_table(json.loads((tmp_path / "dropout" / "results.json").read_text())) == format_table(r)
+    assert r["env"]["git_commit"] == git_commit() and f"commit {git_commit()}," in format_table(r)
 
 
 @pytest.fixture

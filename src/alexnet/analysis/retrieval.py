@@ -84,7 +84,7 @@ def exact_search(
     # A few spare candidates go to the float64 refinement, so float32 rounding and ties at the
     # cut-off cannot push out a true neighbour (ties end up lower row first).
     keep = min(n - (1 if exclude is not None else 0), k + _SPARE)
-    qt = torch.from_numpy(q)
+    qt = _read_only_tensor(q)
     q_sq = (qt * qt).sum(1)
     best_d = torch.full((len(q), keep), float("inf"))
     best_i = torch.full((len(q), keep), -1, dtype=torch.int64)

@@ -32,7 +32,7 @@ from ...errors import AlexNetError, ConfigError, DataError
 from ...evaluate import evaluate_batches
 from ...files import write_text_atomic
 from ...inference import Predictor
-from ...runtime import environment
+from ...runtime import environment, git_commit
 from ...train import TrainingDiverged, train
 from ...train.rundir import RunDir
 
@@ -79,6 +79,7 @@ class Context:
     log: Log | None
     jobs: int = 1
     started: float = field(default_factory=time.perf_counter)
+    commit: str | None = None  # the code's commit when the experiment started (each run's env.json has its own)
 
     @classmethod
     def open(cls, exp: Experiment, data: str | os.PathLike[str], out: str | os.PathLike[str], *, seeds: int,
@@ -96,7 +97,7 @@ class Context:
                             f"{splits['train'].channels}-channel images. Use CIFAR-10: alexnet prepare cifar10 OUT "
                             "(or the JPEG tree: alexnet prepare DIR OUT --val-fraction 0.1)")  # fmt: skip
         return cls(exp, Path(data), Path(out), splits, seeds, epochs or exp.epochs, max_steps, tuple(overrides),
-                   train_eval, progress, log, jobs)  # fmt: skip
+                   train_eval, progress, log, jobs, commit=git_commit())  # fmt: skip
 
     @property
     def train_store(self) -> Store:
@@ -188,7 +189,8 @@ class Context:
         results.setdefault("paper", self.exp.paper)
         results.update(data=str(self.data), epochs=self.epochs, max_steps=self.max_steps, seeds=self.seeds,
                        train_eval=self.train_eval, overrides=list(self.overrides),
-                       env=environment("cuda" if "device=cuda" in " ".join(self.overrides) else "cpu"),
+                       env={**environment("cuda" if "device=cuda" in " ".join(self.overrides) else "cpu"),
+                            "git_commit": self.commit},
                        seconds=round(time.perf_counter() - self.started, 1), command=self.command(command_extra))  # fmt: skip
         return results
 
