@@ -66,11 +66,13 @@ def test_bench_steps_per_turn_is_reported(capsys):
     (["train", "--steps", "0"], "--steps must be >= 1, got 0"),
     (["lrn", "--warmup", "-1"], "--warmup must be >= 0, got -1"),
     (["loader", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["layers", "--batch", "0"], "--batch must be >= 1, got 0"),
+    (["layers", "--baseline", "vgg16"], "unknown model 'vgg16'"),
 ])  # fmt: skip
 def test_bench_refuses_counts_below_one_in_one_line(args, message, capsys):
     assert main(["bench", *args]) == 2  # before any worker starts: no traceback from a division by zero
     err = capsys.readouterr().err.strip()
-    assert err.endswith(message) and len(err.splitlines()) == 1
+    assert message in err and len(err.splitlines()) == 1
 
 
 def test_baseline_rows_say_which_settings_they_share_with_ours():
@@ -101,3 +103,28 @@ def test_the_fast_paths_row_switches_them_off_in_its_worker(capsys):
     r = json.loads(capsys.readouterr().out)
     assert r["results"]["alexnet, ALEXNET_FAST_PATHS=0"]["spec"]["fast_paths"] is False
     assert "alexnet / alexnet, ALEXNET_FAST_PATHS=0" in r["ratios"]
+
+
+def test_bench_layers_times_every_weight_layer_with_its_summary_mult_adds(capsys):
+    # alexnet-small has LRN and max-pools; conv-local (the baseline here) has locally connected layers
+    assert main(["bench", "layers", "--arch", "alexnet-small", "--baseline", "conv-local", "--batch", "4",
+                 "--repeats", "2", "--warmup", "0", "--json"]) == 0  # fmt: skip
+    r = json.loads(capsys.readouterr().out)
+    assert [m["arch"] for m in r["models"]] == ["alexnet-small", "conv-local"]
+    for m in r["models"]:
+        summary = summarize(create_model(m["arch"]))
+        weighted = [row for row in summary.rows if row.kind in ("Conv2d", "Linear", "LocallyConnected2d")]
+        timed = {row["layer"]: row for row in m["rows"]}
+        assert all(w.name in timed and timed[w.name]["macs_per_image"] == w.macs for w in weighted)
+        assert {"Conv2d", "Linear", "MaxPool2d"} <= {row["kind"] for row in m["rows"]}
+        assert all(row["forward_ms"] > 0 and row["train_ms"] > 0 for row in m["rows"])
+        assert m["layers_ms"] == pytest.approx(sum(row["train_ms"] for row in m["rows"])) and m["whole_ms"] > 0
+        first, second = m["rows"][0], next(row for row in m["rows"][1:] if row["gmacs_per_s"])
+        # the first layer's input gradient is never computed: forward + weight gradient, 2x its mult-adds
+        assert first["gmacs_per_s"] == pytest.approx(2 * first["macs_per_image"] * 4 / (first["train_ms"] / 1e3) / 1e9)
+        assert second["gmacs_per_s"] == pytest.approx(3 * second["macs_per_image"] * 4 / (second["train_ms"] / 1e3) / 1e9)
+    assert "LocallyConnected2d" in {row["kind"] for row in r["models"][1]["rows"]}
+    assert "LocalResponseNorm" in {row["kind"] for row in r["models"][0]["rows"]}
+    assert main(["bench", "layers", "--arch", "alexnet-small", "--baseline", "none", "--batch", "2", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "features.conv2" in out and "the listed layers" in out and "forward + backward time" not in out

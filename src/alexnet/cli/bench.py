@@ -1,4 +1,4 @@
-"""`alexnet bench {lrn,train,infer,loader,step,serve} [...] [--json]`"""
+"""`alexnet bench {lrn,train,infer,loader,step,layers,serve} [...] [--json]`"""
 
 from __future__ import annotations
 
