@@ -18,7 +18,7 @@ KEYS = ("test_error", "train_error", "gap")
 
 def run_arms(ctx: Context) -> dict[str, Any]:
     arms: dict[str, Any] = {}
-    ctx.prefetch([(arm, seed, (), True) for arm in ctx.exp.arms for seed in range(ctx.seeds)])
+    ctx.prefetch(ctx.arm_runs())
     for arm, own in ctx.exp.arms.items():
         runs = [ctx.run(ctx.config(arm, seed), arm) for seed in range(ctx.seeds)]
         arms[arm] = {"overrides": list(own), "runs": runs, "summary": {k: summary([r.get(k) for r in runs]) for k in KEYS}}

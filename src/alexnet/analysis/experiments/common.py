@@ -120,10 +120,11 @@ class Context:
     def finished(self, cfg: TrainConfig, measure: bool) -> bool:
         """Whether `run(cfg, ..., measure)` would only read what is on disk."""
         done = self.run_dir(cfg) / "result.json"
-        if not done.is_file():
-            return False
-        rec = json.loads(done.read_text())
-        return not measure or rec["diverged"] or "test_error" in rec
+        return done.is_file() and not _unmeasured(json.loads(done.read_text()), measure)
+
+    def arm_runs(self) -> list[Job]:
+        """Every arm with every seed, measured: what the arms, towers and retrieval runners train."""
+        return [(arm, seed, (), True) for arm in self.exp.arms for seed in range(self.seeds)]
 
     def prefetch(self, jobs: Sequence[Job]) -> None:
         """Train the runs a runner is about to ask for, `self.jobs` at a time, so that its `run`
@@ -162,7 +163,7 @@ class Context:
         done = run_dir / "result.json"
         if done.is_file():
             rec = json.loads(done.read_text())
-            if measure and not rec["diverged"] and "test_error" not in rec:  # trained for a sweep, wanted now
+            if _unmeasured(rec, measure):  # trained for a sweep, wanted now
                 rec.update(measure_run(run_dir, self.splits, self.train_eval))
                 write_text_atomic(done, json.dumps(rec))
             return rec
@@ -202,6 +203,11 @@ class Context:
         if self.train_eval != 10_000:
             parts += ["--train-eval", str(self.train_eval)]
         return shlex.join(parts + (["--set", *self.overrides] if self.overrides else []))
+
+
+def _unmeasured(rec: dict[str, Any], measure: bool) -> bool:
+    """A finished run's record lacks the test and train errors that are wanted of it."""
+    return measure and not rec["diverged"] and "test_error" not in rec
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

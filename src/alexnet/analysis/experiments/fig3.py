@@ -60,7 +60,7 @@ def random_halves(index: np.ndarray, draws: int = 20_000, seed: int = 0) -> dict
 
 def run_towers(ctx: Context) -> dict[str, Any]:
     arms: dict[str, Any] = {}
-    ctx.prefetch([(arm, seed, (), True) for arm in ctx.exp.arms for seed in range(ctx.seeds)])
+    ctx.prefetch(ctx.arm_runs())
     for arm, own in ctx.exp.arms.items():
         runs = []
         for seed in range(ctx.seeds):

@@ -63,7 +63,7 @@ def run_retrieval(ctx: Context) -> dict[str, Any]:
     arm = next(iter(ctx.exp.arms))
     pixels = FlatPixels(train_store)
     per_seed, first = [], None
-    ctx.prefetch([(arm, seed, (), True) for seed in range(ctx.seeds)])
+    ctx.prefetch(ctx.arm_runs())  # its one arm
     for seed in range(ctx.seeds):
         rec = ctx.run(ctx.config(arm, seed), arm)
         run = Path(rec["run"])
