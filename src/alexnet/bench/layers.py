@@ -65,9 +65,7 @@ def _train_call(module: nn.Module, inp: torch.Tensor, first: bool) -> Any:
     return call
 
 
-def measure(arch: str, args: argparse.Namespace) -> dict[str, Any]:
-    torch.manual_seed(0)
-    model = create_model(arch)  # at its own number of classes (1000 for the ImageNet nets)
+def measure(arch: str, model: nn.Module, args: argparse.Namespace) -> dict[str, Any]:
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt).train()
     size = int(getattr(model, "config", {}).get("input_size", 224))
@@ -98,7 +96,10 @@ def measure(arch: str, args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     tune_allocator()  # as `alexnet train` runs
     archs = [args.arch] + ([] if args.baseline in ("", "none", args.arch) else [args.baseline])
-    return {"models": [measure(a, args) for a in archs], "batch": args.batch, "repeats": args.repeats,
+    torch.manual_seed(0)
+    # both built before anything is timed: a misspelt --baseline fails at once, not after the first model's minutes
+    models = {a: create_model(a) for a in archs}  # at their own number of classes (1000 for the ImageNet nets)
+    return {"models": [measure(a, m, args) for a, m in models.items()], "batch": args.batch, "repeats": args.repeats,
             "warmup": args.warmup, "channels_last": args.channels_last, "env": environment("cpu")}  # fmt: skip
 
 
@@ -118,8 +119,7 @@ def format_result(r: dict[str, Any]) -> str:
     if len(r["models"]) == 2:
         a, b = r["models"]
         lines += ["", f"{a['arch']} / {b['arch']} forward + backward time: {a['whole_ms'] / b['whole_ms']:.2f}x"]
-        for kinds, label in ((("Conv2d",), "conv"), (("LocalResponseNorm",), "LRN"), (("MaxPool2d",), "max-pool"),
-                             (("Linear",), "linear")):  # fmt: skip
-            ta, tb = (sum(x["train_ms"] for x in m["rows"] if x["kind"] in kinds) for m in (a, b))
+        for kind, label in (("Conv2d", "conv"), ("LocalResponseNorm", "LRN"), ("MaxPool2d", "max-pool"), ("Linear", "linear")):
+            ta, tb = (sum(x["train_ms"] for x in m["rows"] if x["kind"] == kind) for m in (a, b))
             lines.append(f"  {label:<9} {ta:>7.0f} ms against {tb:>7.0f} ms")
     return "\n".join(lines)
