@@ -1,9 +1,10 @@
-"""The explorer's neighbour index: the bfloat16 scan narrows, `neighbors.search` ranks, and the
-answer is exactly neighbors.search's over the whole database; the index is cached beside the
-run and rebuilt only when the checkpoint or the store changes."""
+"""The explorer's neighbour index: the projection's lower bounds (or the bfloat16 scan) narrow,
+`neighbors.search` ranks, and the answer is exactly neighbors.search's over the whole database;
+the index and its projection are cached beside the run and rebuilt only when their source changes."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -17,6 +18,7 @@ from alexnet.analysis.features import FeatureSet
 from alexnet.data import open_dataset
 from alexnet.serve import index as index_mod
 from alexnet.serve.index import IndexBuilder, NeighborIndex, cache_folder
+from alexnet.serve.projection import Projection
 
 from analysis_helpers import make_dataset, make_run
 
@@ -36,7 +38,7 @@ def test_measured_product_errors_stay_inside_the_bounds(relu):
     if relu:
         x, q = x.relu(), q.relu()
     x = x.half()  # the database holds float16 values
-    idx = NeighborIndex(feature_set(x.numpy()))
+    idx = NeighborIndex(feature_set(x.numpy()), dims=())
     exact = x.double() @ q.double()
     qb = q.bfloat16()
     bf16 = torch.mv(idx.scan, qb).double()
@@ -57,34 +59,97 @@ def clustered(n: int = 3000, d: int = 512, seed: int = 0) -> np.ndarray:
     return x.half().numpy()
 
 
-@pytest.mark.parametrize("memory", [index_mod.INDEX_MEMORY, 0])  # the bfloat16 scan, and neighbors.search alone
-def test_search_is_neighbors_search_exactly(memory):
-    x = clustered()
-    fs = feature_set(x)
-    idx = NeighborIndex(fs, memory=memory, chunk_rows=700)
-    assert (idx.scan is None) == (memory == 0)
+def structured(n: int = 3000, d: int = 512, rank: int = 24, seed: int = 0) -> np.ndarray:
+    """Low rank plus noise, through a ReLU: variance in few directions, as in fc7; with duplicates."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, rank, generator=g) * torch.linspace(4, 0.5, rank)
+    x = (z @ torch.randn(rank, d, generator=g) / rank**0.5 + 0.2 * torch.randn(n, d, generator=g)).relu_()
+    x[500:505] = x[7]
+    return x.half().numpy()
+
+
+def noise(n: int = 3000, d: int = 512) -> np.ndarray:
+    """ReLU of Gaussian noise: no direction holds more variance than another, the worst case for the bound."""
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(2)).relu_()
+    x[500:505] = x[7]
+    return x.half().numpy()
+
+
+def exact_sq_distances(x: np.ndarray, q: np.ndarray) -> np.ndarray:
+    return np.square(x.astype(np.float64) - q.astype(np.float64)).sum(1)
+
+
+@pytest.mark.parametrize("kind", ["structured", "random", "in-span"])
+def test_projection_bounds_every_distance_from_below(kind):
+    g = torch.Generator().manual_seed(1)
+    if kind == "structured":
+        x = structured()
+    elif kind == "random":
+        x = noise()
+    else:  # rank 8, no noise: every residual is rounding, where a bound through |x|^2 - |P x|^2 would fail
+        x = (torch.randn(3000, 8, generator=g) @ torch.randn(8, 512, generator=g)).half().numpy()
+        x[3] = 0  # and a zero row
+    proj = Projection.build(x, dims=(8, 32), chunk_rows=700)
+    assert proj.eta < 1e-10 and proj.dims == (8, 32)
+    rows = np.arange(0, 3000, 7)
+    for q in (x[11].astype(np.float32), x[11].astype(np.float32) + 0.05, (3 * torch.rand(512, generator=g)).numpy()):
+        d2 = exact_sq_distances(x, q)
+        query = proj.query(q)
+        coarse, fine = proj.lower_bounds(query, 0), proj.lower_bounds(query, 1)
+        assert (coarse <= d2).all() and (fine <= d2).all()
+        subset = proj.lower_bounds(query, 1, rows)  # (the float32 product rounds differently on fewer rows)
+        assert (subset <= d2[rows]).all() and np.allclose(subset, fine[rows], rtol=1e-5, atol=1e-3)
+        if kind != "random":  # structure: the bound is close to the distance for most rows, closer with more dimensions
+            ratio = [np.median(b / np.maximum(d2, 1e-30)) for b in (coarse, fine)]
+            assert ratio[1] > 0.5 and ratio[1] >= ratio[0] - 1e-4  # (- a larger slack for more terms)
+
+
+def search_cases(x: np.ndarray) -> list[tuple[np.ndarray, int]]:
+    """(query, exclude): a database row (and it left out), a near and a far query."""
     rng = np.random.default_rng(0)
-    queries = [x[0].astype(np.float32), x[150].astype(np.float32) + 0.001, x[7].astype(np.float32),
-               rng.random(x.shape[1]).astype(np.float32)]  # fmt: skip
-    for k in (1, 8, 30):
-        for q in queries:
-            got, ranked = idx.search(q, k)
-            want = neighbors.describe(fs, neighbors.search(fs, q[None], k))[0]
+    row, near = x[7].astype(np.float32), x[150].astype(np.float32) + 0.001
+    far = rng.random(x.shape[1]).astype(np.float32)
+    return [(row, -1), (row, 7), (x[0].astype(np.float32), 0), (near, -1), (near, 151), (far, -1)]
+
+
+@functools.cache
+def indexed(kind: str, memory: int = index_mod.INDEX_MEMORY) -> tuple[np.ndarray, NeighborIndex]:
+    x = {"structured": structured, "clustered": clustered, "random": noise}[kind]()
+    return x, NeighborIndex(feature_set(x), memory=memory, chunk_rows=700, dims=(8, 32))
+
+
+@pytest.mark.parametrize("kind", ["structured", "clustered", "random"])
+@pytest.mark.parametrize("path", ["projection", "scan", "neighbors.search"])
+def test_search_is_neighbors_search_exactly(kind, path, monkeypatch):
+    x, idx = indexed(kind) if path != "neighbors.search" else indexed(kind, memory=0)
+    fs = idx.fs
+    if path == "scan":  # the fallback when the bounds prune too little, taken on every query
+        monkeypatch.setattr(index_mod, "SCAN_SHARE", -1.0)
+    assert (idx.scan is None) == (path == "neighbors.search")
+    for k in (1, 3, 8, 100):  # 100: more than the rows computed first
+        for q, exclude in search_cases(x):
+            got, ranked = idx.search(q, k, exclude=exclude)
+            want = neighbors.describe(fs, neighbors.search(fs, q[None], k, exclude=None if exclude < 0 else np.array([exclude])))[0]
             assert [g["row"] for g in got] == [w["row"] for w in want]
+            assert [g["distance"] for g in got] == [w["distance"] for w in want]
             assert [g["store_index"] for g in got] == [2 * w["row"] for w in want]
-            assert np.allclose([g["distance"] for g in got], [w["distance"] for g, w in zip(got, want)], rtol=1e-6)
-            assert ranked >= k
-    # a query from the database leaves itself out, as `alexnet neighbors` does
-    got, _ = idx.search(x[7].astype(np.float32), 5, exclude=7)
-    want = neighbors.describe(fs, neighbors.search(fs, x[7:8].astype(np.float32), 5, exclude=np.array([7])))[0]
-    assert [g["row"] for g in got] == [w["row"] for w in want] and 7 not in [g["row"] for g in got]
+            assert ranked >= k and exclude not in [g["row"] for g in got]
+    got, _ = idx.search(x[7].astype(np.float32), 4)
+    assert [g["row"] for g in got] == [7, 500, 501, 502] and got[0]["distance"] == 0.0  # ties: lower row first
     assert idx.row_of(14) == 7 and idx.row_of(15) == -1
 
 
-def test_the_scan_narrows_to_few_rows():
-    x = torch.randn(20000, 1024).relu_().half().numpy()
-    got, ranked = NeighborIndex(feature_set(x)).search(x[3].astype(np.float32) + 0.01, 8)
-    assert got[0]["row"] == 3 and ranked < 200
+def test_the_projection_leaves_few_rows_on_structured_features_and_the_scan_takes_noise(monkeypatch):
+    calls = []
+    real = NeighborIndex.scan_search
+    monkeypatch.setattr(NeighborIndex, "scan_search", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    x = structured(20000, 512)
+    idx = NeighborIndex(feature_set(x), dims=(16, 48))
+    ranked = [idx.search(x[r].astype(np.float32) + 0.01, 8, exclude=r)[1] for r in range(0, 20000, 2000)]
+    assert max(ranked) < 1000 and calls == []  # of 20,000 rows
+    x = noise(20000)
+    got, ranked = NeighborIndex(feature_set(x), dims=(8, 32)).search(x[3].astype(np.float32) + 0.01, 8)
+    assert calls == [1] and got[0]["row"] == 3 and ranked < 200  # the bound prunes nothing, the scan does
 
 
 # ---------------------------------------------------------------- the cache beside the run

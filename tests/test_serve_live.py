@@ -128,5 +128,25 @@ def test_bench_serve_runs_end_to_end(tiny, tmp_path, capsys):
     r = json.loads(capsys.readouterr().out)
     assert set(r["single_client"]) == {"demo explore (store image)", "demo explore (PNG upload)", "demo neighbours (HTTP)",
                                        "first load (demo page)"}  # fmt: skip
-    assert r["neighbours"]["same_answers"] and r["concurrent"]["demo explore"]["n"] == 4
+    searched = r["neighbours"]["synthetic"]["queries"]
+    assert set(searched) == {"near query", "random query"} and r["concurrent"]["demo explore"]["n"] == 4
+    for methods in searched.values():
+        assert {m["same_answers"] for m in methods.values()} == {"2/2"}
     assert main(["bench", "serve", "--clients", "0"]) == 2
+
+
+def test_bench_serve_searches_a_feature_folder_and_checks_every_query(tmp_path, capsys):
+    from alexnet.cli import main
+    from alexnet.serve.bench_search import synthetic_folder
+
+    db, queries = synthetic_folder(tmp_path / "db", 700, 48), synthetic_folder(tmp_path / "q", 30, 48)
+    argv = ["bench", "serve", "--neighbours-only", "--rows", "400", "--dim", "48", "--repeats", "3", "--warmup", "1",
+            "--features", str(db.path), "--queries", str(queries.path), "--check-all", "--dims", "4,8", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert "single_client" not in r and r["neighbours"]["synthetic"]["rows"] == 400
+    real = r["neighbours"]["features"]
+    assert real["rows"] == 700 and real["dims"] == [4, 8] and real["check_all"]["identical"] == "30/30"
+    timed = real["queries"]["train split rows"]
+    assert timed["index"]["same_answers"] == "4/4" and timed["index"]["n"] == 3 and timed["neighbors.search"]["n"] == 3
+    assert main(["bench", "serve", "--check-all"]) == 2  # needs --features

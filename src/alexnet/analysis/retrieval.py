@@ -124,6 +124,13 @@ def _refine(database: np.ndarray, q: np.ndarray, idx: np.ndarray, block: int = 6
     return Neighbors(np.take_along_axis(idx, perm, 1), np.take_along_axis(dist, perm, 1).astype(np.float32))
 
 
+def rank_candidates(database: np.ndarray, query: np.ndarray, rows: np.ndarray, k: int) -> Neighbors:
+    """The k of `rows` nearest one query (D,), ranked as exact_search's last step ranks (float64
+    distances, ties: lower row first): its answer whenever `rows` holds every row that can be in it."""
+    found = _refine(database, np.asarray(query, np.float32).reshape(1, -1), np.asarray(rows, np.int64)[None])
+    return Neighbors(found.indices[:, :k], found.distances[:, :k])
+
+
 def _faiss_search(database: np.ndarray, q: np.ndarray, k: int, exclude: np.ndarray | None) -> Neighbors:
     try:
         import faiss  # optional: pip install faiss-cpu

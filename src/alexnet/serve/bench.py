@@ -12,8 +12,10 @@ and after: on a shared 2-core machine other work moves the numbers by 2x.
 Everything is built in a temporary folder unless given: a randomly initialised demo-preset net
 (1 x 28 x 28, Fashion-MNIST's shape) with a synthetic 28 px store of 6,000 training images for
 its neighbours, a randomly initialised paper net (224 px, 1000 classes), and a 60,000 x 4096
-float16 feature folder (ReLU of Gaussian noise) for the neighbour search, timed against
-`neighbors.search` over the same folder in the same run.
+float16 feature folder (ReLU of Gaussian noise) for the neighbour search, timed against the
+index's older bfloat16 scan and `neighbors.search` over the same folder in the same run; with
+`--features FOLDER` (real fc7 vectors) the same over that folder too (bench_search.py).
+`--neighbours-only` measures the neighbour search alone.
 """
 
 from __future__ import annotations
@@ -41,17 +43,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..analysis import neighbors
-from ..analysis.features import FORMAT, VERSION, FeatureSet, open_features
+from ..analysis.features import open_features
 from ..checkpoint import save_checkpoint
 from ..data.prepare import PrepareOptions, prepare
 from ..errors import AlexNetError, ConfigError
 from ..models import create_model
 from ..preprocess import Preprocess
 from ..runtime import environment
-from .index import NeighborIndex
+from . import bench_search
 
-TARGETS_MS = {"demo explore": 100.0, "paper explore": 400.0, "neighbours 60k": 50.0, "first load": 1000.0}
+TARGETS_MS = {"demo explore": 100.0, "paper explore": 400.0, "neighbours 60k": 50.0, "neighbours 60k fc7": 10.0,
+              "first load": 1000.0}  # (neighbours: the synthetic folder, a worst case, and real fc7 vectors)
 BROWSER_CONNECTIONS = 6  # a browser's parallel connections to one host
 
 
@@ -66,6 +68,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="STORE", help="the demo server's store (default: synthetic, 6,000 train images)")
     p.add_argument("--no-paper", action="store_true", help="skip the paper net (224 px)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the servers and of the search (serve's default)")
+    p.add_argument("--features", metavar="FOLDER", help="also search this feature folder (real fc7 vectors, `alexnet features`)")
+    p.add_argument("--queries", metavar="FOLDER", help="its queries: this folder's rows (default: its own rows, each left out)")
+    p.add_argument("--check-all", action="store_true", help="compare every query of --queries with neighbors.search once")
+    p.add_argument("--dims", type=_levels, help="the projection's levels, e.g. 32,128 (default: the index's; 0: none)")
+    p.add_argument("--neighbours-only", action="store_true", help="only the in-process neighbour search, no servers")
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(m) for m in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected dimensions like 32,128, got {text!r}") from None
+    if dims == (0,):
+        return ()
+    if any(m < 1 for m in dims) or list(dims) != sorted(set(dims)):
+        raise argparse.ArgumentTypeError(f"the levels must be ascending and >= 1 (or 0: none), got {text!r}")
+    return dims
 
 
 # ---------------------------------------------------------------- a client
@@ -172,24 +191,6 @@ def _images(count: int, size: tuple[int, int], channels: int, fmt: str, seed: in
     return out
 
 
-def _feature_folder(folder: Path, rows: int, dim: int) -> FeatureSet:
-    """A feature folder in analysis.features' format: ReLU of Gaussian noise, float16."""
-    folder.mkdir(parents=True)
-    feats = np.lib.format.open_memmap(folder / "features.npy", mode="w+", dtype=np.float16, shape=(rows, dim))
-    g = torch.Generator().manual_seed(0)
-    for s in range(0, rows, 4096):
-        e = min(s + 4096, rows)
-        feats[s:e] = torch.randn(e - s, dim, generator=g).relu_().half().numpy()
-    feats.flush()
-    del feats
-    np.save(folder / "labels.npy", np.arange(rows, dtype=np.int64) % 10)
-    np.save(folder / "indices.npy", np.arange(rows, dtype=np.int64))
-    meta = {"format": FORMAT, "version": VERSION, "layer": "fc7", "dim": dim, "count": rows, "dtype": "float16",
-            "views": "center", "class_names": [f"class{i}" for i in range(10)], "store": "", "split": "train"}  # fmt: skip
-    (folder / "meta.json").write_text(json.dumps(meta))
-    return open_features(folder)
-
-
 def _first_load(client: Client, info: dict[str, Any]) -> Callable[[], None]:
     """The page's requests in the order it makes them, with a browser's parallelism."""
     pool = ThreadPoolExecutor(BROWSER_CONNECTIONS)
@@ -244,7 +245,9 @@ def _concurrent(client: Client, requests: list[Callable[[], Any]], clients: int)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    for name in ("clients", "per_client", "rows", "dim", "threads"):
+    if (args.queries or args.check_all) and not args.features:
+        raise ConfigError("--queries and --check-all need --features FOLDER")
+    for name in ("clients", "per_client", "rows", "dim", "threads", "repeats"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     load_before = os.getloadavg()
@@ -259,6 +262,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace, tmp: Path, servers: list[Server], load_before: tuple[float, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {"benchmark": "serve", "threads": args.threads, "targets_ms": TARGETS_MS}
+    if not args.neighbours_only:
+        out.update(_servers(args, tmp, servers))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)  # as the server searches
+    try:
+        out["neighbours"] = _neighbour_search(args, tmp)
+    finally:
+        torch.set_num_threads(threads)
+    return {**out, "load_before": list(load_before), "load_after": list(os.getloadavg()), "env": environment()}
+
+
+def _servers(args: argparse.Namespace, tmp: Path, servers: list[Server]) -> dict[str, Any]:
     demo_ckpt = Path(args.demo) if args.demo else _demo_checkpoint(tmp / "demo.pt")
     data = Path(args.data) if args.data else tmp / "store"
     if not args.data:
@@ -304,19 +320,9 @@ def _run(args: argparse.Namespace, tmp: Path, servers: list[Server], load_before
         ], args.clients)  # fmt: skip
     for s in servers:
         s.stop()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)  # as the server searches
-    try:
-        search = _neighbour_search(tmp / "features", args.rows, args.dim, args.warmup, args.repeats)
-    finally:
-        torch.set_num_threads(threads)
-    return {
-        "benchmark": "serve", "single_client": single, "concurrent": concurrent, "neighbours": search,
-        "threads": args.threads, "demo": {"checkpoint": str(demo_ckpt), "store": str(data), "test_images": n_test,
-                 "index_build_s": round(index_build_s, 1)},
-        "targets_ms": TARGETS_MS, "load_before": list(load_before), "load_after": list(os.getloadavg()),
-        "env": environment(),
-    }  # fmt: skip
+    return {"single_client": single, "concurrent": concurrent,
+            "demo": {"checkpoint": str(demo_ckpt), "store": str(data), "test_images": n_test,
+                     "index_build_s": round(index_build_s, 1)}}  # fmt: skip
 
 
 def _rounds(candidates: dict[str, Callable[[int], Any]], warmup: int, rounds: int) -> dict[str, Any]:
@@ -330,56 +336,39 @@ def _rounds(candidates: dict[str, Callable[[int], Any]], warmup: int, rounds: in
     return {name: _stats(ts) for name, ts in times.items()}
 
 
-def _neighbour_search(folder: Path, rows: int, dim: int, warmup: int, repeats: int) -> dict[str, Any]:
-    """The explorer's search against neighbors.search over one feature folder, alternating;
-    queries near a database row (an image with a close match) and independent ones."""
-    fs = _feature_folder(folder, rows, dim)
-    t0 = time.perf_counter()
-    index = NeighborIndex(fs)
-    load_s = time.perf_counter() - t0
-    g = torch.Generator().manual_seed(1)
-    n = warmup + repeats
-    near = [(torch.from_numpy(np.asarray(fs.features[(97 * i) % rows], np.float32)) + 0.3 * torch.randn(dim, generator=g))
-            .relu_().numpy() for i in range(n)]  # fmt: skip
-    far = [torch.randn(dim, generator=g).relu_().numpy() for _ in range(n)]
-    times: dict[str, list[float]] = {"explorer index, near query": [], "explorer index, random query": [],
-                                     "neighbors.search (streaming float16)": []}  # fmt: skip
-    ranked: list[int] = []
-    same = True
-    for i in range(n):
-        for name, q in (("explorer index, near query", near[i]), ("explorer index, random query", far[i])):
-            t0 = time.perf_counter()
-            found, count = index.search(q, 8)
-            t = time.perf_counter() - t0
-            if i >= warmup:
-                times[name].append(t)
-                ranked.append(count)
-            if i < 3:  # the baseline is ~1-2 s a query: three rounds of it, alternating with the index
-                t0 = time.perf_counter()
-                want = neighbors.describe(fs, neighbors.search(fs, q[None], 8))[0]
-                times["neighbors.search (streaming float16)"].append(time.perf_counter() - t0)
-                same = same and [f["row"] for f in found] == [w["row"] for w in want]
-    return {"rows": rows, "dim": dim, "k": 8, "index_load_s": round(load_s, 2), "same_answers": same,
-            "ranked_exactly_median": int(statistics.median(ranked)), **{k: _stats(v) for k, v in times.items()}}  # fmt: skip
+def _neighbour_search(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """The search over the synthetic folder, and over `--features` when given (see bench_search)."""
+    fs = bench_search.synthetic_folder(tmp / "features", args.rows, args.dim)
+    count = args.warmup + args.repeats
+    out = {"synthetic": bench_search.measure(fs, bench_search.synthetic_queries(fs, count), args.warmup, args.repeats,
+                                             args.dims)[0]}  # fmt: skip
+    del fs  # (its 0.5 GB index goes with it)
+    if args.features:
+        fs = open_features(args.features)
+        qs = bench_search.folder_queries(fs, args.queries, None if args.check_all else count)
+        timed = bench_search.Queries(qs.name, qs.vectors[:count], qs.exclude[:count])
+        r, index = bench_search.measure(fs, [timed], args.warmup, args.repeats, args.dims)
+        if args.check_all:
+            r["check_all"] = bench_search.check_all(index, fs, qs)
+        out["features"] = {**r, "path": str(Path(args.features).resolve()), "queries_from": args.queries}
+    return out
 
 
 def format_result(r: dict[str, Any]) -> str:
     t = r["targets_ms"]
     target = {"demo explore (store image)": t["demo explore"], "demo explore (PNG upload)": t["demo explore"],
               "paper explore (500x375 JPEG upload)": t["paper explore"], "first load (demo page)": t["first load"]}  # fmt: skip
-    lines = ["explorer (alexnet serve), one client, medians:"]
-    for name, s in r["single_client"].items():
-        mark = f"  target <= {target[name]:.0f} ms: {'ok' if s['median_ms'] <= target[name] else 'MISSED'}" if name in target else ""
-        lines.append(f"  {name:<38} {s['median_ms']:8.1f} ms  (p99 {s['p99_ms']:.1f}, n={s['n']}){mark}")
+    lines = []
+    if "single_client" in r:
+        lines.append("explorer (alexnet serve), one client, medians:")
+        for name, s in r["single_client"].items():
+            mark = f"  target <= {target[name]:.0f} ms: {'ok' if s['median_ms'] <= target[name] else 'MISSED'}" if name in target else ""
+            lines.append(f"  {name:<38} {s['median_ms']:8.1f} ms  (p99 {s['p99_ms']:.1f}, n={s['n']}){mark}")
     nb = r["neighbours"]
-    lines.append(f"neighbours over {nb['rows']:,} x {nb['dim']} float16 fc7 vectors, k={nb['k']} "
-                 f"(index load {nb['index_load_s']} s; same answers as neighbors.search: {nb['same_answers']}; "
-                 f"median {nb['ranked_exactly_median']} rows ranked exactly):")  # fmt: skip
-    for name in ("explorer index, near query", "explorer index, random query", "neighbors.search (streaming float16)"):
-        s = nb[name]
-        mark = f"  target <= {t['neighbours 60k']:.0f} ms: {'ok' if s['median_ms'] <= t['neighbours 60k'] else 'MISSED'}" if "index" in name else ""
-        lines.append(f"  {name:<38} {s['median_ms']:8.1f} ms  (min {s['min_ms']:.1f}, n={s['n']}){mark}")
-    for name, c in r["concurrent"].items():
+    lines += bench_search.format_search("synthetic float16 (ReLU of noise)", nb["synthetic"], t["neighbours 60k"])
+    if "features" in nb:
+        lines += bench_search.format_search(f"float16 from {nb['features']['path']}", nb["features"], t["neighbours 60k fc7"])
+    for name, c in r.get("concurrent", {}).items():
         lines.append(f"{c['clients']} concurrent clients, {name}: p50 {c['p50_ms']:.0f} ms, p99 {c['p99_ms']:.0f} ms, "
                      f"{c['requests_per_s']:.1f} requests/s (n={c['n']})")  # fmt: skip
     e = r["env"]

@@ -27,12 +27,13 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 import shutil
 import threading
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +42,18 @@ import torch
 
 from ..analysis import neighbors
 from ..analysis.features import FeatureSet, extract_features, open_features
-from ..analysis.retrieval import Neighbors
+from ..analysis.retrieval import rank_candidates
 from ..data.store import MANIFEST, Store
 from ..errors import AlexNetError, DataError
+from .projection import DIMS, Projection, file_stamp, float64_slack
 
 FINGERPRINT = "explorer.json"
 INDEX_MEMORY = 2 << 30  # bfloat16 bytes kept in memory for the fast scan (60,000 x 4096 is 0.5 GB)
 MARGIN = 1.25  # the bounds below are worst cases; a margin covers the float64 arithmetic on them
+FIRST_ROWS = 64  # rows of the smallest lower bounds computed first (or 2k): their k-th distance sets the cut
+EXACT_CHUNK = 2 << 20  # float32 bytes of rows converted at a time for exact products (measured best: cache-sized)
+SCAN_SHARE = 1 / 8  # more rows than this share left after the cut: the bfloat16 scan is cheaper
+HOPELESS_SHARE = 1 / 2  # more left by the first level: to the scan at once (fc7: at most 8% left, docs/benchmarks.md)
 
 
 def accumulation_error(dim: int) -> float:
@@ -107,12 +113,17 @@ class IndexStatus:
 
 
 class NeighborIndex:
-    """Exact k-nearest search over a feature folder, narrowed by the bfloat16 scan above."""
+    """Exact k-nearest search over a feature folder: the projection's lower bounds choose the rows
+    to compute, the bfloat16 scan takes over where they prune too little (see the module's doc)."""
 
-    def __init__(self, fs: FeatureSet, memory: int = INDEX_MEMORY, chunk_rows: int = 4096) -> None:
+    def __init__(self, fs: FeatureSet, memory: int = INDEX_MEMORY, chunk_rows: int = 4096, *,
+                 dims: tuple[int, ...] = DIMS, cache: Path | None = None) -> None:  # fmt: skip
+        """`dims`: the projection's levels (projection.DIMS; (): none, the bfloat16 scan alone);
+        `cache`: a folder to keep the projection in (the feature folder itself), built there on first use."""
         self.fs = fs
         n, d = fs.features.shape
         self.gamma = accumulation_error(d)
+        self.f64 = float64_slack(d)
         self.sq_norms = np.empty(n, np.float64)  # |x|^2 of the stored (float16) rows, exactly
         self.scan = torch.empty((n, d), dtype=torch.bfloat16) if n * d * 2 <= memory else None
         self.b_norms = np.empty(n, np.float64)  # |x_b| of the bfloat16 copies
@@ -127,8 +138,23 @@ class NeighborIndex:
                 self.b_norms[s:e] = rounded.norm(dim=1).numpy()
                 self.e_norms[s:e] = (part.double() - rounded).norm(dim=1).numpy()
         self.norms = np.sqrt(self.sq_norms)
+        with warnings.catch_warnings():  # the stored rows, as a tensor over the same (read-only) memory
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            self._stored = torch.from_numpy(np.asarray(fs.features))
+        self.projection = None if self.scan is None or not dims else self._projection(tuple(dims), chunk_rows, cache)
         self._order = np.argsort(fs.indices, kind="stable")  # store index -> database row, by binary search
         self._sorted = np.asarray(fs.indices)[self._order]
+
+    def _projection(self, dims: tuple[int, ...], chunk_rows: int, cache: Path | None) -> Projection:
+        if cache is None:
+            return Projection.build(self.fs.features, dims, chunk_rows)
+        path = cache / f"projection-{'-'.join(map(str, dims))}.npz"
+        stamp = file_stamp(cache / "features.npy")
+        proj = Projection.load(path, stamp, len(self))
+        if proj is None:
+            proj = Projection.build(self.fs.features, dims, chunk_rows)
+            proj.save(path, stamp)
+        return proj
 
     def __len__(self) -> int:
         return len(self.fs)
@@ -140,29 +166,83 @@ class NeighborIndex:
 
     def search(self, query: np.ndarray, k: int, exclude: int = -1) -> tuple[list[dict[str, Any]], int]:
         """The k database rows nearest `query` (D,), best first (neighbors.describe's dicts), and how
-        many rows `neighbors.search` ranked. `exclude`: a database row to leave out (-1: none)."""
+        many rows had their distance computed from their stored values (the rest were ruled out by a
+        bound). `exclude`: a database row to leave out (-1: none)."""
         n = len(self)
         k = min(k, n - (exclude >= 0))
         q = np.asarray(query, np.float32).reshape(-1)
-        if self.scan is None:
+        if self.scan is not None and self.projection is None:
+            return self.scan_search(q, k, exclude)
+        if self.scan is None or self.projection is None:
             found = neighbors.search(self.fs, q[None], k, exclude=None if exclude < 0 else np.array([exclude]))
             return neighbors.describe(self.fs, found)[0], n
+        q_sq = float(np.square(q, dtype=np.float64).sum())
+        query = self.projection.query(q)
+        lower = self.projection.lower_bounds(query)  # (N,) <= every row's distance^2
+        if exclude >= 0:
+            lower[exclude] = np.inf
+        # 1: the rows of the smallest bounds, exactly; their k-th distance^2 is at most `cutoff`
+        first = max(FIRST_ROWS, 2 * k)
+        if first < n - (exclude >= 0):
+            head = np.sort(torch.topk(torch.from_numpy(lower), first, largest=False, sorted=False).indices.numpy())
+        else:
+            head = np.flatnonzero(np.arange(n) != exclude)
+        upper_h, lower_h = self._exact(head, q, q_sq)
+        cutoff = np.partition(upper_h, k - 1)[k - 1]
+        # 2: every other row whose bound does not rule it out, at each level of the projection
+        more = lower <= cutoff
+        more[head] = False
+        rest = np.flatnonzero(more)
+        for level in range(1, len(self.projection.dims)):
+            if len(rest) > n * HOPELESS_SHARE:  # structureless vectors: finer levels will not save the scan
+                break
+            rest = rest[self.projection.lower_bounds(query, level, rest) <= cutoff]
+        if len(rest) > n * SCAN_SHARE:  # the bounds prune too little (structureless vectors)
+            keep = np.zeros(n, bool)
+            keep[head] = keep[rest] = True
+            return self.scan_search(q, k, exclude, keep)
+        upper_r, lower_r = self._exact(rest, q, q_sq)
+        rows, up, low = np.concatenate([head, rest]), np.concatenate([upper_h, upper_r]), np.concatenate([lower_h, lower_r])
+        cutoff = np.partition(up, k - 1)[k - 1]
+        return self._rank(np.sort(rows[low <= cutoff]), q, k), len(rows)
+
+    def scan_search(self, query: np.ndarray, k: int, exclude: int = -1, keep: np.ndarray | None = None
+                    ) -> tuple[list[dict[str, Any]], int]:  # fmt: skip
+        """`search` by the bfloat16 scan of every row (the index before the projection, and its
+        fallback); `keep`: (N,) rows still possible, when a bound already ruled others out."""
+        n = len(self)
+        k = min(k, n - (exclude >= 0))
+        q = np.asarray(query, np.float32).reshape(-1)
+        assert self.scan is not None
         qt = torch.from_numpy(q)
         q_sq = float(qt.double().square().sum())
         # 1: every row, bfloat16 products
         qb = qt.bfloat16()
         dots = torch.mv(self.scan, qb).double().numpy()
         every = np.arange(n)
-        rows = self._narrow(every, dots, self.bf16_slack(qt, qb, dots), q_sq, k, exclude)
+        rows = self._narrow(every, dots, self.bf16_slack(qt, qb, dots), q_sq, k, exclude, keep=keep)
         # 2: the rows left, float32 products of the float16 values
-        dots = torch.mv(_float32(self.fs.features[rows]), qt).double().numpy()
-        slack = MARGIN * self.gamma * np.sqrt(q_sq) * self.norms[rows]
-        rows = rows[self._narrow(np.arange(len(rows)), dots, slack, q_sq, k, -1, rows)]
-        # 3: the candidates, ranked exactly (float64 distances) by the project's own search
-        sub = replace(self.fs, features=np.asarray(self.fs.features[rows]), labels=self.fs.labels[rows],
-                      indices=self.fs.indices[rows])  # fmt: skip
-        found = neighbors.search(sub, q[None], k)
-        return neighbors.describe(self.fs, Neighbors(rows[found.indices], found.distances))[0], len(rows)
+        upper, lower = self._exact(rows, q, q_sq)
+        return self._rank(rows[lower <= np.partition(upper, k - 1)[k - 1]], q, k), len(rows)
+
+    def _exact(self, rows: np.ndarray, q: np.ndarray, q_sq: float) -> tuple[np.ndarray, np.ndarray]:
+        """Upper and lower bounds of |q - x|^2 for `rows` (ascending) from float32 products of their
+        float16 values (error <= gamma_D |q| |x|), wide enough to hold its float64 value too."""
+        qt, at = torch.from_numpy(q), torch.from_numpy(rows)
+        step = max(1, EXACT_CHUNK // (4 * len(q)))
+        dots = torch.cat([torch.mv(self._stored.index_select(0, at[s : s + step]).float(), qt)
+                          for s in range(0, len(rows), step)] or [torch.empty(0)]).double().numpy()  # fmt: skip
+        slack = MARGIN * self.gamma * math.sqrt(q_sq) * self.norms[rows]
+        return self._bounds(rows, dots, slack, q_sq)
+
+    def _bounds(self, rows: np.ndarray, dots: np.ndarray, slack: np.ndarray, q_sq: float) -> tuple[np.ndarray, np.ndarray]:
+        approx = self.sq_norms[rows] + q_sq - 2.0 * dots
+        margin = 2.0 * slack + self.f64 * (self.sq_norms[rows] + q_sq)  # (+ the float64 sums' own rounding)
+        return approx + margin, approx - margin
+
+    def _rank(self, rows: np.ndarray, q: np.ndarray, k: int) -> list[dict[str, Any]]:
+        """The candidates ranked exactly as `neighbors.search` ranks its own (float64 distances)."""
+        return neighbors.describe(self.fs, rank_candidates(self.fs.features, q, rows, k))[0]
 
     def bf16_slack(self, q: torch.Tensor, qb: torch.Tensor, dots: np.ndarray) -> np.ndarray:
         """Per row, a bound on |dots - q.x| for dots = fl(q_b . x_b) (bfloat16 inputs, float32
@@ -177,17 +257,14 @@ class NeighborIndex:
         return MARGIN * (total + rounding)
 
     def _narrow(self, rows: np.ndarray, dots: np.ndarray, slack: np.ndarray, q_sq: float, k: int, exclude: int,
-                of: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
-        """The `rows` whose distance^2 can still be among the k smallest, given q.x to within
-        `slack` (per row of `rows`). `of`: the database rows `rows` index, when a subset."""
-        db = rows if of is None else of
-        approx = self.sq_norms[db] + q_sq - 2.0 * dots
-        margin = 2.0 * slack + 1e-12 * (self.sq_norms[db] + q_sq)  # (+ the float64 sum's own rounding)
-        upper, lower = approx + margin, approx - margin
+                keep: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+        """The `rows` (every row) whose distance^2 can still be among the k smallest, given q.x to
+        within `slack`; `keep`: (N,) False where another bound already ruled a row out."""
+        upper, lower = self._bounds(rows, dots, slack, q_sq)
         if exclude >= 0:
             upper[exclude] = lower[exclude] = np.inf
         cutoff = np.partition(upper, k - 1)[k - 1]  # the k-th smallest true distance^2 is at most this
-        return rows[lower <= cutoff]
+        return rows[(lower <= cutoff) & (True if keep is None else keep)]
 
 
 def _float32(a: np.ndarray) -> torch.Tensor:
@@ -237,7 +314,7 @@ class IndexBuilder:
             fs = cached(self.folder, want)
             if fs is None:
                 fs = self._extract(want)
-            index = NeighborIndex(fs, self.memory)
+            index = NeighborIndex(fs, self.memory, cache=self.folder)
             with self._lock:
                 self.index = index
                 self.status = IndexStatus("ready", f"{len(fs):,} {self.layer} vectors of {self.store.path.name} "
