@@ -10,7 +10,7 @@ from analysis_helpers import make_dataset, make_run
 
 from alexnet.analysis.features import FeatureSet, extract_features
 from alexnet.analysis.hashing import BinaryHasher, hamming_distances, hamming_search, train_hasher
-from alexnet.analysis.retrieval import exact_search, faiss_available, recall_at_k
+from alexnet.analysis.retrieval import exact_search, faiss_available, rank_candidates, recall_at_k
 from alexnet.analysis.retrieval_bench import benchmark_codes, codes_for
 from alexnet.cli import main
 from alexnet.errors import ConfigError
@@ -31,6 +31,17 @@ def _clusters(n: int, dim: int, centres: int, seed: int = 0) -> tuple[np.ndarray
     labels = rng.integers(0, centres, n)
     x = np.maximum(c[labels] + 0.35 * rng.standard_normal((n, dim)), 0)
     return x.astype(np.float32), labels
+
+
+def test_ranking_candidates_is_exact_searchs_last_step():
+    db, _ = _clusters(500, 32, 5)
+    db[40:43] = db[7]  # ties: lower row first
+    for q in (db[7], db[100] + 0.01):
+        want = exact_search(db, q, 6)
+        rows = np.random.default_rng(0).permutation(np.concatenate([want.indices[0], [1, 2, 300, 499]]))
+        got = rank_candidates(db, q, rows, 6)
+        assert np.array_equal(got.indices, want.indices) and np.array_equal(got.distances, want.distances)
+    assert list(rank_candidates(db, db[7], np.array([43, 42, 41, 40, 7]), 3).indices[0]) == [7, 40, 41]
 
 
 @pytest.mark.parametrize("chunk_rows", [None, 1, 37, 1000])

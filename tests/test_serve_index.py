@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +156,34 @@ def test_the_projection_leaves_few_rows_on_structured_features_and_the_scan_take
 # ---------------------------------------------------------------- the cache beside the run
 
 
+def test_the_projection_is_built_once_per_features_file(tmp_path, monkeypatch):
+    x = structured(2000, 256)
+    folder = tmp_path / "fc7-train"
+    folder.mkdir()
+    np.save(folder / "features.npy", x)
+    fs = replace(feature_set(np.load(folder / "features.npy", mmap_mode="r")), path=folder)
+    builds = []
+    real = Projection.build
+    monkeypatch.setattr(Projection, "build", lambda *a, **kw: builds.append(1) or real(*a, **kw))
+    first = NeighborIndex(fs, dims=(8, 32), cache=folder)
+    assert builds == [1] and (folder / "projection-8-32.npz").is_file()
+    again = NeighborIndex(fs, dims=(8, 32), cache=folder)  # read back, not built
+    assert builds == [1] and again.projection.dims == (8, 32) and again.projection.eta == first.projection.eta
+    for a, b in zip(first.projection.coords, again.projection.coords):
+        assert torch.equal(a, b)
+    q = x[5].astype(np.float32) + 0.01
+    assert again.search(q, 8) == first.search(q, 8)
+    NeighborIndex(fs, dims=(16, 32), cache=folder)  # other levels: another file
+    assert builds == [1, 1] and (folder / "projection-16-32.npz").is_file()
+    x[:, 0] += 1  # the features change (as a re-extraction writes them): rebuilt
+    np.save(folder / "features.npy", x)
+    os.utime(folder / "features.npy", ns=(1, 10**18))
+    fs = replace(fs, features=np.load(folder / "features.npy", mmap_mode="r"))
+    changed = NeighborIndex(fs, dims=(8, 32), cache=folder)
+    assert builds == [1, 1, 1] and changed.search(q, 8)[0] == neighbors.describe(fs, neighbors.search(fs, q[None], 8))[0]
+
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve-index")
@@ -177,6 +206,7 @@ def test_built_once_reused_and_rebuilt_when_the_checkpoint_or_store_changes(tiny
     assert b.ready() is None and b.status.state == "building"  # the first use starts the build
     idx = b.wait(120)
     assert idx is not None and b.status.state == "ready" and len(idx) == 32
+    assert idx.projection is not None and (b.folder / "projection-32-128.npz").is_file()  # kept with the features
     stamp = (b.folder / "features.npy").stat().st_mtime_ns
     (b.folder.parent / f".{b.folder.name}.dead.tmp").mkdir()  # as a killed build leaves it
 

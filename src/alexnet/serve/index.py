@@ -5,21 +5,29 @@ built on first use with `extract_features`, cached beside the checkpoint and sea
     CKPT.pt.explorer/fc7-train/         for a checkpoint file
       features.npy labels.npy indices.npy meta.json    (analysis.features' folder)
       explorer.json                    what it was built from; a different one means rebuild
+      projection-32-128.npz            the first pass's projection of features.npy (projection.py)
 
-A query must answer in tens of milliseconds (docs/benchmarks.md, "Explorer"), but an exact scan
-of 60,000 x 4096 features is memory-bound: ~1 GB of float32 per query, over 100 ms on two cores,
-and `neighbors.search`'s streaming scan of the float16 memmap takes 1.4-2.4 s. So the index keeps
-a bfloat16 copy of the database in memory (half the bytes) and narrows in three steps:
+A query must answer in milliseconds (docs/benchmarks.md, "Explorer"), but an exact scan of
+60,000 x 4096 features is memory-bound: ~1 GB of float32 per query, over 100 ms on two cores, and
+`neighbors.search`'s streaming scan of the float16 memmap takes 1-2 s. So the index narrows first,
+never dropping a row that could be among the k nearest:
 
-1. every row: q.x from the bfloat16 copies (one matrix-vector product), with a per-row bound on
-   its error (`NeighborIndex.bf16_slack`); a row stays when the lower end of its distance^2 is
-   within the k-th smallest upper end, so no true neighbour can drop out;
-2. the rows left (~1-2% of them): q.x in float32 from the float16 values, bound D * 2^-24;
-3. the rows left (~k): ranked by `neighbors.search` (float64 distances).
+1. every row: a lower bound on its distance^2 from a projection onto 32 principal directions
+   plus the residual's norm (projection.py: one (N, 33) product, 8 MB);
+2. the 64 (or 2k) rows of the smallest bounds: exact distances (float32 products of the float16
+   values, bound D * 2^-24 |q| |x|); the k-th smallest of their upper ends is a cut: the k nearest
+   rows of the whole database are all at or under it;
+3. the rows whose bound is under the cut (fc7: hundreds): the bound again from 128 directions,
+   then exact distances for those still under it (fc7: ~150 rows in all, median);
+4. the rows left (~k): ranked as `neighbors.search` ranks (float64 distances).
 
 The answer is therefore exactly `neighbors.search`'s over the whole folder, rows and distances, as
-`alexnet neighbors` gives it. Databases over `memory` bytes of bfloat16 are searched by
-`neighbors.search` alone (exact, streaming, slower).
+`alexnet neighbors` gives it. Where the bound prunes too little (vectors without structure, such
+as random noise: more than an eighth of the rows left), the index scans instead: a bfloat16 copy
+of the database in memory, q.x for every row with a per-row bound on its error
+(`NeighborIndex.bf16_slack`), then float32 and float64 for the ~1-2% it leaves (`scan_search`,
+the index's only search before the projection). Databases over `memory` bytes of bfloat16 are
+searched by `neighbors.search` alone (exact, streaming, slower).
 """
 
 from __future__ import annotations
