@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          "images_per_s": batch / total, "repeats": len(ts)}  # fmt: skip
     ours, base = (results[n]["images_per_s"] for n in candidates)
     return {"benchmark": "training step by phase", "preset": args.preset, "overrides": list(args.overrides),
-            "arch": cfg.model.arch, "batch": batch, "precision": cfg.precision, "channels_last": cfg.channels_last,
+            "arch": cfg.model.arch, "batch": batch, "precision": tr.cfg.precision, "channels_last": cfg.channels_last,
             "results": results, "ratio": ours / base, "profile": profile, "env": environment(dev)}  # fmt: skip
 
 

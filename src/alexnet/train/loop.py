@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from ..evaluate import EvalResult, evaluate_batches
 from ..models import create_model, model_entry
 from ..preprocess import Preprocess, TrainTransform, eval_views
 from ..progress import progress_bar
-from ..runtime import tune_allocator
+from ..runtime import cpu_info, emulated_bf16_note, resolve_precision, tune_allocator
 from . import distributed
 from .optim import Schedule, make_optimizer, set_lr
 from .placement import Placement, unwrap
@@ -130,9 +131,11 @@ class Trainer:
         self.run = RunDir(out)
         self.progress = progress
         self.cfg, data_path, self.resume_ckpt = self._resume_point(cfg, Path(data), resume)
-        cfg = self.cfg
-        self.placement = Placement.choose(cfg, model_parallel)
+        self.placement = Placement.choose(self.cfg, model_parallel)
         self.device, self.dist, self.memory_format = self.placement.device, self.placement.dist, self.placement.memory_format
+        # the run records the precision it trains in (a resumed run keeps the one it started with)
+        self.requested_precision = self.cfg.precision
+        self.cfg = cfg = replace(self.cfg, precision=resolve_precision(self.cfg.precision, self.device))
         self.autocast = autocast_dtype(cfg, self.device)
         self._generator = torch.Generator(device=self.device)
         if cfg.deterministic:
@@ -240,9 +243,15 @@ class Trainer:
         cfg, run = self.cfg, self.run
         if self.dist.is_main:
             run.lock()
+            print(self.headline(), file=sys.stderr, flush=True)  # the run's first line, progress bar or not
+            note = emulated_bf16_note(cfg.precision, self.device)
+            if note:
+                print(f"note: {note}", file=sys.stderr, flush=True)
             run.enable_tensorboard()
             if self.resume_ckpt is None:
-                run.write_config(cfg.to_dict(), {"data_path": str(self.data.path)}, str(self.device))
+                precision = {"requested": self.requested_precision, "resolved": cfg.precision}
+                run.write_config(cfg.to_dict(), {"data_path": str(self.data.path)}, str(self.device),
+                                 env_extra={"precision": precision})  # fmt: skip
                 run.log({"event": "start", "step": 0})
             else:
                 run.truncate_metrics(self.state.step)
@@ -252,6 +261,17 @@ class Trainer:
         finally:
             run.unlock()
             self.placement.close()
+
+    def headline(self) -> str:
+        """The run in one line: what trains, where, in which precision (and why), how long."""
+        cfg = self.cfg
+        where = f"{self.device}" + (f" ({cpu_info().describe()})" if self.device.type == "cpu" else "")
+        why = " by precision auto" if self.requested_precision == "auto" else ""
+        layout = "channels_last" if self.memory_format == torch.channels_last else "NCHW"
+        steps = len(self.loader) * cfg.epochs if not cfg.max_steps else min(cfg.max_steps, len(self.loader) * cfg.epochs)
+        verb = "resuming" if self.resume_ckpt is not None else "training"
+        return (f"{verb} {cfg.model.arch} on {where}: precision {cfg.precision}{why}, {layout}, batch {cfg.batch_size}, "
+                f"{cfg.epochs} epochs ({steps:,} steps)")
 
     def _fit(self) -> dict[str, Any]:
         cfg, st = self.cfg, self.state
