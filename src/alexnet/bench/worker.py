@@ -32,7 +32,7 @@ from torch import nn
 from ..config import OptimConfig
 from ..models import create_model
 from ..models.layers import set_fast_paths
-from ..runtime import tune_allocator
+from ..runtime import compile_model, tune_allocator
 from ..train.optim import make_optimizer
 
 
@@ -104,7 +104,7 @@ def main() -> None:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     dtype = torch.bfloat16 if spec.get("bf16") else None
-    net = torch.compile(model) if spec.get("compile") else model
+    net = compile_model(model) if spec.get("compile") else model
     if spec["model"] == "alexnet":  # a small lr keeps the fixed batch's steps from drifting anywhere odd
         opt = make_optimizer(model.parameters(), OptimConfig(lr=1e-4))
     else:
