@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import sys
 
 from ..bench import ABOVE, KINDS
 from ..errors import ConfigError
+from ..runtime import cpu_info
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,6 +46,9 @@ def check_counts(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     check_counts(args)
     result = args.bench_module.run(args)
+    # Every figure names its CPU: the output's first line says which one (stderr under --json, whose
+    # stdout is the JSON document; the document's env holds the same under "cpu").
+    print(f"bench {args.kind} on {cpu_info().describe()}", file=sys.stderr if args.json else sys.stdout, flush=True)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
