@@ -131,6 +131,25 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(fashion_small,
     assert len(events) == 1 and events[0]["step"] == 10
 
 
+def test_an_infinite_weight_mid_run_ends_in_a_stop_through_the_compiled_kernels(fashion_small, tmp_path, monkeypatch):
+    """A real divergence, not a patched loss: an infinity put into conv1's weights at step 7 flows through
+    the fused LRN and the paper-SGD kernel (built with -ffast-math) and the run stops at the next log."""
+    from alexnet.train.loop import Trainer
+
+    real_step = Trainer.step
+
+    def step(self, images, labels):
+        if self.state.step == 7:
+            with torch.no_grad():
+                self.model.features.conv1.weight[0, 0, 0, 0] = float("inf")
+        return real_step(self, images, labels)
+
+    monkeypatch.setattr(Trainer, "step", step)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 10"):
+        train(tiny_cfg("epochs=2", "optim.name=paper-sgd"), fashion_small, tmp_path / "run", progress=False)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["train_state"]["progress"]["step"] == 5
+
+
 def test_run_folder_guards(fashion_small, tmp_path, capsys):
     run = RunDir(tmp_path / "busy")
     run.lock()
