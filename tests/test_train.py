@@ -221,7 +221,9 @@ def test_bench_step_times_each_phase_against_the_torch_lrn(fashion_small, capsys
             *TINY]  # fmt: skip
     assert main(args) == 0
     r = json.loads(capsys.readouterr().out)
-    assert r["batch"] == 32 and r["preset"] == "demo" and r["precision"] == "bf16"
+    from alexnet.runtime import resolve_precision
+
+    assert r["batch"] == 32 and r["preset"] == "demo" and r["precision"] == resolve_precision("auto")
     assert list(r["results"]) == ["alexnet (fused LRN)", "torch-op LRN (baseline)"]
     for s in r["results"].values():
         assert set(s["phases_ms"]) == {"load", "augment", "forward", "backward", "optimizer"}
@@ -231,3 +233,16 @@ def test_bench_step_times_each_phase_against_the_torch_lrn(fashion_small, capsys
     assert os.environ.get("ALEXNET_LRN_BACKEND") is None  # restored
     assert main(["bench", "step", "--data", str(fashion_small), "--repeats", "0"]) == 2
     assert "--repeats must be >= 1" in capsys.readouterr().err
+
+
+def test_bench_step_compares_recipes_per_image(fashion_small, capsys):
+    args = ["bench", "step", "--data", str(fashion_small), "--repeats", "2", "--warmup", "0", "--json", *TINY,
+            "--vs", "batch_size=64 precision=fp32", "--vs", "model.options.fc=[32,32]"]  # fmt: skip
+    assert main(args) == 0
+    r = json.loads(capsys.readouterr().out)
+    names = list(r["results"])
+    assert names == ["as given", "+ batch_size=64 precision=fp32", "+ model.options.fc=[32,32]"]
+    assert [r["results"][n]["batch"] for n in names] == [32, 64, 32]
+    assert r["results"][names[1]]["precision"] == "fp32"
+    assert r["results"][names[1]]["images_per_s"] == pytest.approx(64 / (r["results"][names[1]]["step_ms"] / 1e3))
+    assert main([*args[:-4], "--vs", "no.such.key=1"]) == 2
