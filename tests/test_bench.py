@@ -55,6 +55,22 @@ def test_bench_without_the_probe_omits_its_fields_and_a_given_peak_is_reported_a
     assert main([*args, "--peak-gflops", "0"]) == 2
 
 
+def test_bench_times_each_fast_path_switched_off_alone(capsys):
+    from alexnet.models.layers import FAST_PATHS
+
+    args = ["bench", "train", "--arch", "alexnet-small", "--batch", "2", "--repeats", "1", "--warmup", "0", "--no-baselines",
+            "--no-peak", "--without", "onednn-linear", "--without", "fused-lrn", "--json"]  # fmt: skip
+    assert main(args) == 0
+    r = json.loads(capsys.readouterr().out)
+    for name in ("onednn-linear", "fused-lrn"):
+        spec = r["results"][f"alexnet without {name}"]["spec"]
+        assert set(spec["fast_paths"]) == set(FAST_PATHS) - {name}
+        assert f"alexnet / alexnet without {name}" in r["ratios"]
+    with pytest.raises(SystemExit) as stop:  # argparse names the valid ones
+        main([*args[:-1], "--without", "no-such-path"])
+    assert stop.value.code == 2 and "invalid choice: 'no-such-path'" in capsys.readouterr().err
+
+
 def test_every_bench_names_its_cpu_in_its_first_line(capsys):
     from alexnet.runtime import cpu_info
 

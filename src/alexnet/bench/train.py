@@ -7,6 +7,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..models import create_model
+from ..models.layers import FAST_PATHS
 from ..runtime import environment
 from ..summary import summarize
 from .harness import run_alternating
@@ -37,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-baselines", action="store_true", help="time only our model (and the peak probe)")
     p.add_argument("--fast-paths-off", action="store_true",
                    help="also time our model with its CPU fast paths off (ALEXNET_FAST_PATHS=0): do they pay here?")
+    p.add_argument("--without", action="append", default=[], choices=sorted(FAST_PATHS), metavar="FAST_PATH",
+                   help="also time our model with this one CPU fast path off (repeatable; models/layers.FAST_PATHS: "
+                        f"{', '.join(FAST_PATHS)}): does it pay on this CPU?")  # fmt: skip
     p.add_argument("--no-peak", action="store_true", help="skip the in-run fp32 peak probe (then no %% of a limit)")
     p.add_argument("--peak-gflops", type=float, default=None,
                    help="also report the %% of the limit at this fp32 peak (GFLOP/s), beside the measured one's")
@@ -71,6 +75,8 @@ def candidates(args: argparse.Namespace, mode: str) -> dict[str, dict[str, Any]]
                              "malloc_fix": True, "channels_last": True}  # fmt: skip
     if args.fast_paths_off:
         specs[f"{OURS}, ALEXNET_FAST_PATHS=0"] = {**ours, "fast_paths": False, "role": "baseline"}
+    for name in args.without:
+        specs[f"{OURS} without {name}"] = {**ours, "fast_paths": sorted(set(FAST_PATHS) - {name}), "role": "baseline"}
     if args.bf16:
         specs[f"{OURS} bf16"] = {**ours, "bf16": True, "role": "variant"}
     if args.compile:

@@ -91,8 +91,8 @@ def main() -> None:
     spec = json.loads(sys.argv[1])
     if spec.get("malloc_fix"):
         tune_allocator()
-    if spec.get("fast_paths") is False:
-        set_fast_paths(False)
+    if spec.get("fast_paths") is not None:  # False: all off; a list: only those on
+        set_fast_paths(spec["fast_paths"] if isinstance(spec["fast_paths"], list) else bool(spec["fast_paths"]))
     torch.set_num_threads(int(spec.get("threads") or torch.get_num_threads()))
     device = torch.device(spec.get("device", "cpu"))
     model, in_chans, size = build(spec)
