@@ -1,6 +1,6 @@
 """Data: sources -> prepare (decode once) -> packed store -> loader (uint8 batches) -> augment (batch tensor ops).
 
-Imports point one way: sources.py (Source, Split, file listing) <- the readers (arrays.py,
+Imports point one way: sources.py (Source, Split, the Items protocol, file listing) <- the readers (arrays.py,
 cifar.py, imagenet.py; download.py fetches for them) <- resolve.py <- prepare.py (with
 sizing.py, decode.py, stats.py, store.py).
 

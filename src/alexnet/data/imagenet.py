@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .sources import WNID, Source, Split, class_dirs, files_by_class, list_images
+from .sources import WNID, FileItems, Source, Split, class_dirs, files_by_class, list_images
 
 GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
 
@@ -137,7 +137,7 @@ def flat_val(val: Path, wnids: list[str], kit: Path | None, meta: tuple | None) 
         labels = [index[meta[0][i]] for i in ids]
     except KeyError as exc:
         raise DataError(f"{gt}: id or wnid {exc} is not among the train classes") from None
-    return Split("val", np.asarray(labels, np.int64), paths=files)
+    return Split("val", np.asarray(labels, np.int64), FileItems(files))
 
 
 def read_synsets(path: Path, class_ids: list[str]) -> dict[str, str]:
