@@ -77,7 +77,8 @@ def prepare(source_spec: str, out: str | os.PathLike[str], options: PrepareOptio
     """Prepare every split of `source_spec` under `out`; returns the summary (also in OUT/dataset.json)."""
     opts = options or PrepareOptions()
     source = resolve_source(source_spec, val_fraction=opts.val_fraction, seed=opts.seed, devkit=opts.devkit,
-                            synsets=opts.synsets, download_dir=opts.download_dir, progress=opts.progress)  # fmt: skip
+                            synsets=opts.synsets, download_dir=opts.download_dir, workers=opts.workers,
+                            progress=opts.progress)  # fmt: skip
     sizing = choose_size(source, opts.size, min_side=opts.min_side, workers=opts.workers, progress=opts.progress)
     channels = opts.channels or source.channels or 3
     root = Path(out)
@@ -127,6 +128,8 @@ def _prepare_locked(source: Source, root: Path, sizing: SizeChoice, channels: in
         "skipped": sum(s["skipped"] for s in summaries.values()), "report": str(root / "report.tsv"),
         "seconds": round(time.perf_counter() - t0, 3), "plan": plan["digest"],
     }  # fmt: skip
+    if source.info.get("missing"):  # a split the source could not make, and why (ImageNet's archives)
+        result["missing"] = source.info["missing"]
     write_json_atomic(root / DATASET, result)  # the completion marker: last
     shutil.rmtree(root / WORK, ignore_errors=True)
     return result

@@ -1,12 +1,13 @@
 """What every reader produces: a `Source` (classes + splits), the items protocol a split's images
 follow, and the file listing the readers share.
 
-The bottom of alexnet.data: the readers (folders here, arrays.py, cifar.py, imagenet.py) import
-it, resolve.py imports them, and nothing here imports any of them (only decode.py's BadImage). Class index = sorted
+The bottom of alexnet.data: the readers (folders here, arrays.py, cifar.py, imagenet.py,
+imagenet_archives.py; tars.py reads members of tar archives) import it, resolve.py imports
+them, and nothing here imports any of them (only decode.py's BadImage). Class index = sorted
 class-id order (folder names / wnids), the torchvision/timm convention.
 
 A split's images are `Items`: a sequence whose `read(i)` gives image i either as the bytes of
-an encoded file, which prepare decodes (files on disk), or as an
+an encoded file, which prepare decodes (files on disk, members of an archive), or as an
 (H, W, C) uint8 array of pixels (idx files, CIFAR batches, synthetic images). Prepare and
 sizing use nothing else of a split's images, so a new way of holding them is one new `Items` class.
 """
