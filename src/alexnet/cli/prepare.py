@@ -9,7 +9,9 @@ import os
 from ..data.prepare import PrepareOptions, prepare
 
 SOURCE_HELP = (
-    "a folder (ImageNet train/<wnid>/ + val/, a class-per-folder tree, idx files, cifar-10-batches-py), "
+    "a folder (ImageNet train/<wnid>/ + val/; ImageNet's archives as downloaded, read in place: "
+    "ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar, ILSVRC2012_devkit_t12.tar.gz; "
+    "a class-per-folder tree, idx files, cifar-10-batches-py), "
     "fashion-mnist[:PATH], cifar10[:PATH] (cifar-10-python.tar.gz or its folder; without PATH: downloaded, "
     "md5 checked), or synthetic[:classes=10,per_class=50,size=32,channels=3,seed=0]"
 )
@@ -27,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float, default=0.0,
                    help="hold out this stratified fraction of train as 'val' (sources without a val split)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the --val-fraction draw")
-    p.add_argument("--devkit", default=None, help="ImageNet devkit folder (holds data/ with the val ground truth, meta.mat or meta.txt)")
+    p.add_argument("--devkit", default=None,
+                   help="ImageNet devkit folder (holds data/ with the val ground truth, meta.mat or meta.txt); "
+                        "with the archives, used instead of ILSVRC2012_devkit_t12.tar.gz")  # fmt: skip
     p.add_argument("--synsets", default=None, help="class names from a 'wnid name, synonyms' file (LOC_synset_mapping.txt)")
     p.add_argument("--download-dir", default=None, help="where fashion-mnist and cifar10 are downloaded (default: the alexnet cache folder)")
     p.add_argument("--min-side", type=int, default=PrepareOptions.min_side, help="skip images whose short side is smaller")
@@ -53,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name}: {s['count']} images, {s['skipped']} skipped{speed} -> {s['path']}")
     print(f"{result['out']}: {result['kind']} {result['size']}x{result['size']}x{result['channels']}{size_note(result)}, "
           f"{result['num_classes']} classes, {result['skipped']} files skipped (see {result['report']}); {state}")  # fmt: skip
+    if result.get("missing"):
+        print(result["missing"])
     return 0
 
 
