@@ -22,13 +22,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .config import DataConfig
 from .data import Store
 from .data.augment import (PAD_MODES, apply_crops, center_crop, crop_params, lighting_offsets, pad_images, per_channel_,
                            ten_crop, to_float_plus)
 from .errors import CheckpointError, ConfigError
+from .models import InputConfig, input_config
+from .models.owt import TORCHVISION_INPUT
 
 CHANNEL_ORDERS = ("RGB", "BGR")
 VIEWS = ("center", "flip", "ten-crop")
@@ -72,8 +74,19 @@ class Preprocess:
     # ---------------------------------------------------------------- construction
     @classmethod
     def raw(cls, in_chans: int = 3, resize: int = 256, crop: int = 224) -> Preprocess:
-        """0-255 pixels, nothing subtracted: what a model built outside training (create_model) gets."""
+        """0-255 pixels, nothing subtracted, at the sizes given."""
         return cls(resize=resize, crop=crop, in_chans=in_chans, mean=(0.0,) * in_chans)
+
+    @classmethod
+    def for_input(cls, data: InputConfig) -> Preprocess:
+        """A model's declared input as a Preprocess: its size and channels, its default normalisation."""
+        return cls(resize=data.test_resize, crop=data.input_size, in_chans=data.in_chans, scale=data.scale,
+                   mean=data.mean or (0.0,) * data.in_chans, std=data.std)  # fmt: skip
+
+    @classmethod
+    def for_model(cls, model: nn.Module) -> Preprocess:
+        """What a model built outside training (create_model) gets: its own declared input (input_config)."""
+        return cls.for_input(input_config(model))
 
     @classmethod
     def for_training(cls, store: Store, cfg: DataConfig) -> Preprocess:
@@ -227,10 +240,9 @@ class TrainTransform:
 
 
 # Published weights and the preprocessing they were trained with.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# torchvision's AlexNet_Weights.IMAGENET1K_V1: short side 256, centre 224, 0-1, ImageNet mean/std, RGB.
-TORCHVISION = Preprocess(resize=256, crop=224, in_chans=3, scale=1 / 255, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+# torchvision's AlexNet_Weights.IMAGENET1K_V1: short side 256, centre 224, 0-1, ImageNet mean/std, RGB
+# (alexnet-owt's declared input).
+TORCHVISION = Preprocess.for_input(TORCHVISION_INPUT)
 # Caffe's bvlc_alexnet: 256, crop 227, 0-255 BGR minus the per-channel mean of ilsvrc_2012_mean
 # (B 104.007, G 116.669, R 122.679), the form Caffe's own classification example uses.
 CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..config import OptimConfig
-from ..models import create_model
+from ..models import create_model, input_config
 from ..models.layers import set_fast_paths
 from ..runtime import compile_model, tune_allocator
 from ..train.optim import make_optimizer
@@ -83,8 +83,8 @@ def build(spec: dict[str, Any]) -> tuple[nn.Module, int, int]:
     if kind == "naive-paper":
         return naive_paper(), 3, 227
     model = create_model(spec.get("arch", "alexnet"), **spec.get("options", {}))
-    config = getattr(model, "config", {})
-    return model, int(config.get("in_chans", 3)), int(config.get("input_size", 224))
+    declared = input_config(model)
+    return model, declared.in_chans, declared.input_size
 
 
 def main() -> None:

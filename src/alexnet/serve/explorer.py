@@ -29,7 +29,7 @@ from .. import figures
 from ..data.store import Store, open_split
 from ..errors import AlexNetError, ConfigError, DataError
 from ..inference import Predictor
-from ..models.activations import paper_layers, towers
+from ..models import feature_info
 from ..summary import summarize
 from ..train.rundir import RunDir
 from . import images
@@ -92,7 +92,8 @@ class Explorer:
         self.predictor = Predictor.load(source, device=opts.device)
         self.model_lock = threading.Lock()
         self.started = time.time()
-        self.towers = towers(self.predictor.model)
+        self.named_layers = feature_info(self.predictor.model)  # what the model declares: names, towers
+        self.towers = self.named_layers.towers
         self.layers, self._logits = self._layer_table()  # _logits: the layer whose softmax is the top-k, or None
         self._uploads: OrderedDict[str, Tensor] = OrderedDict()
         self._uploads_lock = threading.Lock()
@@ -104,7 +105,8 @@ class Explorer:
 
     # ---------------------------------------------------------------- set-up
     def _layer_table(self) -> tuple[list[dict[str, Any]], str | None]:
-        """Every paper layer with its output shape (one forward of a probe image) and its display kind.
+        """Every declared layer with its output shape (one forward of a probe image), its display
+        kind and its towers.
 
         Also decides whether one forward can answer both the top-k and the activations: when the
         last layer's output is the model's output (true of every registered model), its softmax is
@@ -112,17 +114,15 @@ class Explorer:
         pp = self.predictor.preprocess
         g = torch.Generator().manual_seed(0)
         probe = torch.randint(0, 256, (1, pp.in_chans, pp.resize, pp.resize), generator=g).to(torch.uint8)
-        names = list(paper_layers(self.predictor.model))
+        names = self.named_layers.names
         with self.model_lock:
             acts = self.predictor.activations(probe, names)
             probs = self.predictor.probs(probe)
         logits = names[-1] if torch.equal(_softmax(acts[names[-1]]), probs) else None
         table = []
-        for name in names:
-            shape = list(acts[name].shape[1:])
-            kind = "maps" if len(shape) == 3 else "vector"
-            split = self.towers if kind == "maps" and self.towers > 1 and shape[0] % self.towers == 0 else 1
-            table.append({"name": name, "shape": shape, "kind": kind, "towers": split})
+        for layer in self.named_layers:
+            table.append({"name": layer.name, "shape": list(acts[layer.name].shape[1:]),
+                          "kind": "maps" if layer.is_map else "vector", "towers": layer.towers})  # fmt: skip
         return table, logits
 
     def _stores(self, opts: ServeOptions) -> tuple[Store | None, Store | None, IndexBuilder | None]:
@@ -135,7 +135,7 @@ class Explorer:
             database = pick
         for store in {pick.path: pick, database.path: database}.values():
             self.predictor.check_store(store)
-        if opts.layer not in paper_layers(self.predictor.model):
+        if opts.layer not in self.named_layers:
             return pick, database, None
         index = IndexBuilder(self.source, opts.data, database, opts.layer, device=str(self.predictor.device),
                              memory=opts.index_memory, progress=opts.index_progress)  # fmt: skip
@@ -149,7 +149,7 @@ class Explorer:
             out["neighbors"] = "no --data STORE given: no training images to search for neighbours"
         elif self.index is None:
             out["neighbors"] = (f"this model has no layer {self.options.layer!r} "
-                                f"(layers: {', '.join(paper_layers(self.predictor.model))}); pass --layer")  # fmt: skip
+                                f"(layers: {', '.join(self.named_layers.names)}); pass --layer")  # fmt: skip
         if self.run is None:
             out["run"] = f"{self.source} is a checkpoint file, not a run folder: no training curves"
         return out
