@@ -56,7 +56,7 @@ class ServeOptions:
 
     data: str | None = None  # prepared dataset (or one split) for store images and neighbours
     layer: str = "fc7"  # the neighbour feature (the paper's Fig. 4)
-    device: str = "cpu"
+    device: str = "auto"  # CUDA when there is one, else the CPU (runtime.resolve_device)
     max_upload_bytes: int = images.MAX_UPLOAD_BYTES
     max_upload_pixels: int = images.MAX_UPLOAD_PIXELS
     index_memory: int = INDEX_MEMORY  # bfloat16 bytes for the fast neighbour scan (0: neighbors.search alone)
