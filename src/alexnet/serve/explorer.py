@@ -6,8 +6,9 @@ uploads. Every method is synchronous and may take tens of milliseconds: the web 
 in worker threads. One lock serialises the model: `activations` hooks the model's modules while
 it runs, so two forwards at once would see each other's hooks.
 
-The module is one class of short methods, one per thing the API answers (~420 lines); the
-image decoding and encoding (images.py) and the neighbour index (index.py) live apart.
+The module is one class of short methods, one per thing the API answers (~410 lines); the API
+table that calls them and checks their parameters (api.py), the image decoding and encoding
+(images.py) and the neighbour index (index.py) live apart.
 """
 
 from __future__ import annotations
