@@ -32,8 +32,11 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
+    """The data and its augmentation; which op reads which key, and their random draws: data/augment.py."""
+
     crop: int = 224  # random crops of this side from the store image (section 4.1)
-    pad: int = 0  # zero padding before the random crop (small images: pad 2, crop 28)
+    pad: int = 0  # pixels added on every side before the random crop (CIFAR-10: pad 4, crop 32)
+    pad_mode: str = "reflect"  # what the padding holds: the mirrored border ("reflect") or "zeros"
     flip: bool = True  # horizontal reflections
     lighting: float = 0.1  # std of the PCA lighting alphas; 0 disables it
     mean: str = "image"  # subtract the mean image (the paper), per-channel mean, or nothing

@@ -60,7 +60,6 @@ def _timed_step(tr: Trainer) -> Any:
     """step(k): one training step of `tr` on its next batch (augmentation seeded by k), timed per phase."""
     dev, cfg = tr.device, tr.cfg
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    gen = torch.Generator(device=dev)
     batches = _forever(tr.loader)
     autocast = tr.autocast
 
@@ -69,8 +68,7 @@ def _timed_step(tr: Trainer) -> Any:
         images, labels = next(batches)
         images, labels = images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
         sync(), t.append(time.perf_counter())
-        gen.manual_seed(k)
-        x = tr.train_tf(images, gen).contiguous(memory_format=tr.memory_format)
+        x = tr.train_tf(images, cfg.seed, k).contiguous(memory_format=tr.memory_format)
         sync(), t.append(time.perf_counter())
         with torch.autocast(dev.type, dtype=autocast or torch.float32, enabled=autocast is not None):
             logits = tr.net(x)

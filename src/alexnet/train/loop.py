@@ -1,9 +1,10 @@
 """The training loop: the paper's recipe end to end, resumable to the exact step.
 
 Exact resume: the data order depends only on (seed, epoch), the augmentation of step s only
-on (seed, s), and the checkpoint holds model, optimizer velocity, schedule, epoch, batch,
-step and the global RNG (dropout). A run killed at any moment and resumed from `last.pt`
-therefore repeats exactly the steps since that checkpoint and ends with the same weights.
+on (seed, s) (data/augment.py says how), and the checkpoint holds model, optimizer velocity,
+schedule, epoch, batch, step and the global RNG (dropout). A run killed at any moment and
+resumed from `last.pt` therefore repeats exactly the steps since that checkpoint and ends with
+the same weights.
 
 Validation: on `data.val_split` (default "val", held out from train by `prepare
 --val-fraction`), which keeps `best.pt` and drives the plateau schedule. A dataset without it
@@ -137,7 +138,6 @@ class Trainer:
         self.requested_precision = self.cfg.precision
         self.cfg = cfg = replace(self.cfg, precision=resolve_precision(self.cfg.precision, self.device))
         self.autocast = autocast_dtype(cfg, self.device)
-        self._generator = torch.Generator(device=self.device)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(cfg.seed)
@@ -215,9 +215,8 @@ class Trainer:
         set_lr(self.optimizer, self.schedule.lr(st.step))
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
-        gen = self._generator.manual_seed(cfg.seed * 1_000_003 + st.step)  # step s's augmentation depends on (seed, s) only
         # the loader and transform hand over channels_last; the model decides the layout
-        x = self.train_tf(images, gen).contiguous(memory_format=self.memory_format)
+        x = self.train_tf(images, cfg.seed, st.step).contiguous(memory_format=self.memory_format)
         with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
             logits = self.net(x)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.optim.label_smoothing)
