@@ -162,25 +162,25 @@ class Batch:
     images: Tensor  # (B, C, H, W) store pixels (uint8, channels-last), padded by the crop op
     mean_image: Tensor | None  # (C, H, W) the mean image, padded alike; None: none is subtracted
     crop: int  # side of the crops to cut
-    top: Tensor  # (B,) each crop's row offset in `images`
-    left: Tensor  # (B,) and its column offset
-    flips: Tensor  # (B,) bool: mirror the crop
+    top: Tensor | None = None  # (B,) each crop's row offset in `images` (None: 0)
+    left: Tensor | None = None  # (B,) and its column offset (None: 0)
+    flips: Tensor | None = None  # (B,) bool: mirror the crop (None: none is mirrored)
     offset: Tensor | None = None  # (B, C) pixel units, added to every pixel before normalisation
 
     @classmethod
     def whole(cls, images: Tensor, mean_image: Tensor | None = None) -> Batch:
         """Nothing decided yet: every image whole and unmirrored."""
-        b, _, h, w = images.shape
-        zeros = torch.zeros(b, dtype=torch.int64, device=images.device)
-        return cls(images, mean_image, min(h, w), zeros, zeros, torch.zeros(b, dtype=torch.bool, device=images.device))
+        return cls(images, mean_image, min(images.shape[-2:]))
 
     def cut(self) -> tuple[Tensor, Tensor | None]:
         """The crops (B, C, crop, crop) in the images' dtype, and the mean image under each (or None)."""
-        crops = apply_crops(self.images, self.top, self.left, self.flips, self.crop)
+        b, dev = self.images.shape[0], self.images.device
+        decided = ((self.top, torch.int64), (self.left, torch.int64), (self.flips, torch.bool))
+        top, left, flips = (torch.zeros(b, dtype=dtype, device=dev) if v is None else v for v, dtype in decided)
+        crops = apply_crops(self.images, top, left, flips, self.crop)
         if self.mean_image is None:
             return crops, None
-        means = self.mean_image.expand(self.images.shape[0], -1, -1, -1)
-        return crops, apply_crops(means, self.top, self.left, self.flips, self.crop)
+        return crops, apply_crops(self.mean_image.expand(b, -1, -1, -1), top, left, flips, self.crop)
 
 
 class Op:
