@@ -59,7 +59,7 @@ explore: data
 		echo "no runs/demo-*/ with a last.pt: training the demo net into $$run first (~8 min on 2 cores)"; \
 		$(BIN)/alexnet train --preset demo --data $(DATA_DIR)/fashion-mnist --out $$run || exit 1; \
 	fi; \
-	exec $(BIN)/alexnet serve "$${run%/}" --data $(DATA_DIR)/fashion-mnist --port $(EXPLORE_PORT)
+	exec $(BIN)/alexnet serve --checkpoint "$${run%/}" --data $(DATA_DIR)/fashion-mnist --port $(EXPLORE_PORT)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -1,10 +1,17 @@
 import os
+import tempfile
 
 import pytest
 import torch
 
 # Tests are small; two threads keep them from fighting each other on a 2-core machine.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# Inductor's compile cache does not key on ATEN_CPU_CAPABILITY or ONEDNN_MAX_CPU_ISA: a run under the
+# AVX2 emulation reused kernels built for AVX-512 (and the reverse) and corrupted the heap. One cache
+# folder per vector level keeps the emulated and native test runs apart.
+_level = f"{torch.backends.cpu.get_cpu_capability()}-{os.environ.get('ONEDNN_MAX_CPU_ISA', 'native')}".lower()
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"torchinductor-alexnet-{_level}"))
 
 
 @pytest.fixture(autouse=True)

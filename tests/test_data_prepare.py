@@ -20,7 +20,7 @@ from alexnet.data.decode import BadImage, decode_image, resize_center_crop
 from alexnet.data.prepare import PrepareOptions, prepare
 from alexnet.errors import DataError
 
-prepare_mod = sys.modules["alexnet.data.prepare"]
+sources_mod = sys.modules["alexnet.data.sources"]
 OPTS = PrepareOptions(size=16, workers=1, progress=False)
 
 
@@ -71,7 +71,7 @@ def test_bad_files_are_converted_or_skipped_with_a_reason(tmp_path, monkeypatch)
             raise PermissionError(13, "Permission denied")
         return real_open(path, *a, **k)
 
-    monkeypatch.setattr(prepare_mod, "open", fake_open, raising=False)
+    monkeypatch.setattr(sources_mod, "open", fake_open, raising=False)
     result = prepare(str(tmp_path / "src"), tmp_path / "out", OPTS)
     reasons = {Path(p).name: r for p, r in (line.split("\t")[1:] for line in (tmp_path / "out" / "report.tsv").read_text().splitlines()[1:])}
     assert set(reasons) == {"zero.JPEG", "truncated.JPEG", "text.JPEG", "tiny.png", "bomb.png", "secret.JPEG", "broken.JPEG"}
@@ -129,7 +129,7 @@ def test_store_contents_labels_and_statistics(tmp_path):
     assert s.labels.dtype == np.int64 and np.array_equal(s.labels, np.repeat(np.arange(3), 7))
     from alexnet.data.arrays import synthetic
 
-    src = synthetic("classes=3,per_class=7,test_per_class=2,size=8,seed=1", "").splits["train"].images
+    src = synthetic("classes=3,per_class=7,test_per_class=2,size=8,seed=1", "").splits["train"].items.images
     idx = np.array([20, 0, 13, 5, 5])
     assert np.array_equal(s.read(idx), src[idx]) and np.array_equal(s.images[3:9], src[3:9])
     pixels = src.reshape(-1, 3).astype(np.float64)
@@ -353,16 +353,16 @@ def test_differing_small_sizes_ask_for_size_and_large_images_get_256(tmp_path):
 
 def test_size_probe_reads_few_headers_on_large_image_trees(tmp_path, monkeypatch):
     from alexnet.data import sizing
-    from alexnet.data.sources import Source, Split
+    from alexnet.data.sources import FileItems, Source, Split
 
     big = str(jpeg(tmp_path / "big.jpg", w=320, h=300))
     small = str(jpeg(tmp_path / "small.jpg", w=32, h=32))
     reads = []
     real = sizing.image_size
-    monkeypatch.setattr(sizing, "image_size", lambda p: reads.append(p) or real(p))
+    monkeypatch.setattr(sizing, "image_size", lambda items, i: reads.append(i) or real(items, i))
 
     def source(paths):
-        return Source("folder", "t", ["a"], ["a"], {"train": Split("train", np.zeros(len(paths), np.int64), paths=paths)})
+        return Source("folder", "t", ["a"], ["a"], {"train": Split("train", np.zeros(len(paths), np.int64), FileItems(paths))})
 
     n = 1_000_000  # an ImageNet-sized listing: the first sampled header decides
     assert sizing.choose_size(source([big] * n), None).size == 256 and len(reads) == 1

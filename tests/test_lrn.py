@@ -77,6 +77,31 @@ def test_half_precision_inputs_are_computed_in_float32(backend, dtype):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_kernel_keeps_every_non_finite_value_of_the_torch_ops(monkeypatch, dtype, channels_last):
+    """The kernel is built with -ffast-math, which lets the compiler assume no NaN or infinity. What
+    must survive it: every output (and input gradient) that the torch ops make NaN or infinite is NaN
+    or infinite from the kernel too, so a diverging net still ends in a non-finite loss that the
+    trainer stops on. (The kernel gives NaN where the torch ops give x / inf = 0 beside an infinity.)"""
+    x = torch.randn(2, 16, 5, 5) * 3
+    x[0, 3, 2, 2], x[1, 5, 1, 1], x[1, 9, 0, 0] = float("nan"), float("inf"), -float("inf")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn(2, 16, 5, 5)
+    out = {}
+    for name in ("fused", "torch"):
+        monkeypatch.setenv("ALEXNET_LRN_BACKEND", name)
+        xi = x.to(dtype).requires_grad_()
+        y = local_response_norm(xi, 5, 1e-4, 0.75, 2.0)
+        y.backward(g.to(dtype))
+        out[name] = (y.detach().float(), xi.grad.float())
+    for fused, torch_ops in zip(out["fused"], out["torch"]):
+        assert (~fused.isfinite())[~torch_ops.isfinite()].all()
+        both = fused.isfinite() & torch_ops.isfinite()
+        torch.testing.assert_close(fused[both], torch_ops[both], rtol=2e-2, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("shape", [(3, 48, 9, 9), (2, 7, 3, 5), (1, 2, 4, 4)])
 def test_fused_bf16_is_the_float32_result_rounded_once(monkeypatch, shape, channels_last):
     """The kernel reads bf16 and computes in float32 without cast copies; the result must be the

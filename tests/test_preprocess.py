@@ -14,7 +14,7 @@ from alexnet.analysis import features as features_module
 from alexnet.checkpoint import load_checkpoint, make_checkpoint, preprocess_of
 from alexnet.config import DataConfig, load_config
 from alexnet.data import open_dataset
-from alexnet.data.augment import apply_crops, crop_params, lighting_offsets
+from alexnet.data.augment import apply_crops, crop_offsets, flip_coins, lighting_offsets, op_seed
 from alexnet.data.prepare import PrepareOptions, prepare
 from alexnet.data.stats import StatsAccumulator
 from alexnet.errors import ConfigError
@@ -52,12 +52,16 @@ def test_train_transform_equals_its_parts(mean):
     store = store_of(x)
     st = store.stats
     cfg = DataConfig(crop=8, mean=mean, lighting=0.1, divide_std=True)
-    y = TrainTransform.for_training(store, cfg)(x, torch.Generator().manual_seed(2))
+    y = TrainTransform.for_training(store, cfg)(x, 0, 2)
     assert y.shape == (4, 3, 8, 8) and y.dtype == torch.float32
-    g = torch.Generator().manual_seed(2)  # the same draws, step by step
-    top, left, flips = crop_params(4, 12, 12, 8, g)
+
+    def gen(op):  # the same draws, op by op: each from its own generator (data/augment.py)
+        return torch.Generator().manual_seed(op_seed(0, 2, op))
+
+    top, left = crop_offsets(4, 12, 12, 8, gen("crop"))
+    flips = flip_coins(4, gen("flip"))
     crops = apply_crops(x, top, left, flips, 8).float()
-    off = lighting_offsets(4, torch.tensor(st.eigvals).float(), torch.tensor(st.eigvecs).float(), 0.1, g)
+    off = lighting_offsets(4, torch.tensor(st.eigvals).float(), torch.tensor(st.eigvecs).float(), 0.1, gen("lighting"))
     ref = crops + off[:, :, None, None]
     if mean == "channel":
         ref = ref - torch.tensor(st.channel_mean).float()[:, None, None]
@@ -97,7 +101,7 @@ def test_a_constant_channel_is_left_unscaled_at_training_and_at_test():
     y = eval_views(pp)(test_image)[:, 0]
     assert torch.isfinite(y).all() and torch.allclose(y[:, 1], torch.full_like(y[:, 1], 2.0))
     train_tf = TrainTransform.for_training(store, DataConfig(crop=6, mean="channel", divide_std=True, lighting=0.0, flip=False))
-    assert torch.allclose(train_tf(test_image, torch.Generator().manual_seed(0))[:, 1], y[:, 1])
+    assert torch.allclose(train_tf(test_image, 0, 0)[:, 1], y[:, 1])
 
 
 def test_scale_mean_std_and_bgr_as_imported_weights_use_them():

@@ -326,6 +326,8 @@ def test_upload_limits_bytes_and_pixels(colour):
     ("GET", "/api/classify?image=upload:0000000000000000", 404),
     ("GET", "/api/classify?image=../../../etc/passwd", 404),
     ("GET", "/api/classify?image=test:999", 404),
+    ("GET", "/api/classify?image=test:%C2%B2", 404),  # a digit to str.isdigit, not to int()
+    ("GET", "/api/classify?index=1&K=5", 400),  # a parameter the endpoint does not take
     ("GET", "/api/activations?index=1", 400),
     ("GET", "/api/activations?index=1&layer=features.conv1", 404),
     ("GET", "/api/activations?index=1&layer=fc7&format=pickle", 400),

@@ -131,6 +131,25 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(fashion_small,
     assert len(events) == 1 and events[0]["step"] == 10
 
 
+def test_an_infinite_weight_mid_run_ends_in_a_stop_through_the_compiled_kernels(fashion_small, tmp_path, monkeypatch):
+    """A real divergence, not a patched loss: an infinity put into conv1's weights at step 7 flows through
+    the fused LRN and the paper-SGD kernel (built with -ffast-math) and the run stops at the next log."""
+    from alexnet.train.loop import Trainer
+
+    real_step = Trainer.step
+
+    def step(self, images, labels):
+        if self.state.step == 7:
+            with torch.no_grad():
+                self.model.features.conv1.weight[0, 0, 0, 0] = float("inf")
+        return real_step(self, images, labels)
+
+    monkeypatch.setattr(Trainer, "step", step)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 10"):
+        train(tiny_cfg("epochs=2", "optim.name=paper-sgd"), fashion_small, tmp_path / "run", progress=False)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["train_state"]["progress"]["step"] == 5
+
+
 def test_run_folder_guards(fashion_small, tmp_path, capsys):
     run = RunDir(tmp_path / "busy")
     run.lock()
@@ -202,7 +221,9 @@ def test_bench_step_times_each_phase_against_the_torch_lrn(fashion_small, capsys
             *TINY]  # fmt: skip
     assert main(args) == 0
     r = json.loads(capsys.readouterr().out)
-    assert r["batch"] == 32 and r["preset"] == "demo" and r["precision"] == "bf16"
+    from alexnet.runtime import resolve_precision
+
+    assert r["batch"] == 32 and r["preset"] == "demo" and r["precision"] == resolve_precision("auto")
     assert list(r["results"]) == ["alexnet (fused LRN)", "torch-op LRN (baseline)"]
     for s in r["results"].values():
         assert set(s["phases_ms"]) == {"load", "augment", "forward", "backward", "optimizer"}
@@ -212,3 +233,16 @@ def test_bench_step_times_each_phase_against_the_torch_lrn(fashion_small, capsys
     assert os.environ.get("ALEXNET_LRN_BACKEND") is None  # restored
     assert main(["bench", "step", "--data", str(fashion_small), "--repeats", "0"]) == 2
     assert "--repeats must be >= 1" in capsys.readouterr().err
+
+
+def test_bench_step_compares_recipes_per_image(fashion_small, capsys):
+    args = ["bench", "step", "--data", str(fashion_small), "--repeats", "2", "--warmup", "0", "--json", *TINY,
+            "--vs", "batch_size=64 precision=fp32", "--vs", "model.options.fc=[32,32]"]  # fmt: skip
+    assert main(args) == 0
+    r = json.loads(capsys.readouterr().out)
+    names = list(r["results"])
+    assert names == ["as given", "+ batch_size=64 precision=fp32", "+ model.options.fc=[32,32]"]
+    assert [r["results"][n]["batch"] for n in names] == [32, 64, 32]
+    assert r["results"][names[1]]["precision"] == "fp32"
+    assert r["results"][names[1]]["images_per_s"] == pytest.approx(64 / (r["results"][names[1]]["step_ms"] / 1e3))
+    assert main([*args[:-4], "--vs", "no.such.key=1"]) == 2

@@ -27,7 +27,7 @@ from torch import nn
 
 from .errors import CheckpointError
 from .files import atomic_open
-from .models import empty_model
+from .models import empty_model, model_entry
 from .preprocess import Preprocess
 
 FORMAT = "alexnet-checkpoint"
@@ -51,7 +51,8 @@ def make_checkpoint(
     state_dict: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint dict of `model` (its weights, or `state_dict` when given: the two-tower split
-    saves its weights in the grouped layout this way)."""
+    saves its weights in the grouped layout this way). Without `preprocess`, the model's own
+    declared input (Preprocess.for_model: its size and channels, its default normalisation)."""
     arch = getattr(model, "arch", None)
     if arch is None:
         raise CheckpointError("model was not built by create_model (no .arch): cannot be checkpointed")
@@ -60,7 +61,7 @@ def make_checkpoint(
     for k, v in config.items():  # tuples become lists so weights_only loading accepts them
         if isinstance(v, tuple):
             config[k] = list(v)
-    pp = preprocess or Preprocess.raw(int(config.get("in_chans", 3)))
+    pp = preprocess or Preprocess.for_model(model)
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -117,4 +118,15 @@ def model_from_checkpoint(ckpt: dict[str, Any], **overrides: Any) -> nn.Module:
 
 def preprocess_of(ckpt: dict[str, Any]) -> Preprocess:
     """The checkpoint's test-time preprocessing, mean image included."""
-    return Preprocess.from_dict(ckpt["preprocess"], ckpt.get("mean_image"))
+    pp = Preprocess.from_dict(ckpt["preprocess"], ckpt.get("mean_image"))
+    return _without_legacy_default(ckpt, pp)
+
+
+def _without_legacy_default(ckpt: dict[str, Any], pp: Preprocess) -> Preprocess:
+    """Checkpoints saved without a preprocess by alexnet before models declared their input hold
+    0-255 pixels at resize 256, crop 224 whatever the model's size, which a 28 or 32 px model
+    cannot take: such a one is read at the model's declared sizes (the same pixel arithmetic)."""
+    declared = model_entry(ckpt["arch"]).input_config(ckpt["model_config"])
+    if pp.mean_image is None and pp == Preprocess.raw(pp.in_chans) and declared.test_resize < pp.crop:
+        return Preprocess.raw(pp.in_chans, resize=declared.test_resize, crop=declared.input_size)
+    return pp

@@ -20,7 +20,7 @@ from .errors import ConfigError
 
 OPTIMIZERS = ("paper-sgd", "sgd", "nesterov")
 SCHEDULES = ("plateau", "step", "cosine", "onecycle", "constant")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MEAN_MODES = ("image", "channel", "none")
 
 
@@ -32,8 +32,11 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
+    """The data and its augmentation; which op reads which key, and their random draws: data/augment.py."""
+
     crop: int = 224  # random crops of this side from the store image (section 4.1)
-    pad: int = 0  # zero padding before the random crop (small images: pad 2, crop 28)
+    pad: int = 0  # pixels added on every side before the random crop (CIFAR-10: pad 4, crop 32)
+    pad_mode: str = "reflect"  # what the padding holds: the mirrored border ("reflect") or "zeros"
     flip: bool = True  # horizontal reflections
     lighting: float = 0.1  # std of the PCA lighting alphas; 0 disables it
     mean: str = "image"  # subtract the mean image (the paper), per-channel mean, or nothing
@@ -69,7 +72,9 @@ class TrainConfig:
     epochs: int = 90
     batch_size: int = 128  # global batch (split across ranks)
     seed: int = 0
-    precision: str = "fp32"  # bf16 autocast on CPU/GPU, fp16 on GPU only
+    # auto: bf16 autocast where the device has bf16 arithmetic, else fp32 (runtime.resolve_precision);
+    # bf16 anywhere (emulated, 11-14x slower, on CPUs without it); fp16 on GPU only
+    precision: str = "auto"
     channels_last: bool = True  # NHWC: oneDNN convs and max-pool are much faster on CPU (docs/benchmarks.md)
     compile: bool = False
     deterministic: bool = False  # deterministic kernels (exact resume and DDP-equality tests)
@@ -115,8 +120,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     # The CPU demo: alexnet-small on Fashion-MNIST 28x28 in ~8 minutes on 2 cores. A short run
     # needs a short schedule (Nesterov one-cycle, label smoothing) instead of the paper's plateau
-    # rule, light dropout (0.5 under-fits in 10 epochs), flips without translations, and bf16 +
-    # channels_last for speed. How each setting was chosen: docs/reproduction.md.
+    # rule, light dropout (0.5 under-fits in 10 epochs), flips without translations, and channels_last
+    # (bf16 where the CPU has it, by precision auto). How each setting was chosen: docs/reproduction.md.
     "demo": {
         "model": {"arch": "alexnet-small", "options": {"init": "kaiming", "widths": [48, 96, 144, 144, 96],
                                                      "fc": [512, 512], "dropout": 0.1}},
@@ -127,7 +132,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "epochs": 10,
         "eval_every": 5,
         "batch_size": 128,
-        "precision": "bf16",
         "channels_last": True,
         "log_every": 100,
         "checkpoint_every": 400,

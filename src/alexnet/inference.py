@@ -7,7 +7,8 @@ report, the figures and the explorer all take.
     p.features(images, "fc7")                  # the paper's 4096-d descriptor (section 6.1)
 
 A Predictor holds the model in eval mode on its device, the checkpoint's `Preprocess` (so every
-consumer feeds the model what training's validation fed it) and the class names.
+consumer feeds the model what training's validation fed it; a model given without one gets its
+own declared input, `Preprocess.for_model`) and the class names.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .checkpoint import load_checkpoint, model_from_checkpoint, preprocess_of
 from .data import Store
 from .data.decode import MAX_PIXELS, BadImage, decode_image
 from .errors import DataError
-from .models import activations, conv1_weight, towers
+from .models import activations, conv1_weight, feature_info
 from .parallel.model_parallel import parse_devices, split_towers
 from .preprocess import Preprocess, eval_views
 from .runtime import resolve_device, tune_allocator
@@ -59,11 +60,11 @@ class Prediction:
 class Predictor:
     """A checkpoint's model on its device, with the preprocessing and class names it was trained with."""
 
-    def __init__(self, model: nn.Module, preprocess: Preprocess, class_names: Sequence[str] | None = None, *,
-                 device: torch.device | str = "cpu", checkpoint: dict[str, Any] | None = None,
+    def __init__(self, model: nn.Module, preprocess: Preprocess | None = None, class_names: Sequence[str] | None = None,
+                 *, device: torch.device | str = "cpu", checkpoint: dict[str, Any] | None = None,
                  source: str | None = None) -> None:  # fmt: skip
         self.model = model.eval()
-        self.preprocess = preprocess
+        self.preprocess = preprocess if preprocess is not None else Preprocess.for_model(model)
         self.device = torch.device(device)
         num = int(getattr(model, "num_classes", 0) or len(class_names or ()))
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num)]
@@ -181,4 +182,4 @@ class Predictor:
         """conv1's kernels (K, C, kh, kw) on the CPU, channels in RGB order (Caffe's weights read BGR
         images), and how many towers they feed (Fig. 3)."""
         weight = conv1_weight(self.model).detach().float().cpu()
-        return (weight.flip(1) if self.preprocess.channel_order == "BGR" else weight), towers(self.model)
+        return (weight.flip(1) if self.preprocess.channel_order == "BGR" else weight), feature_info(self.model).towers

@@ -9,8 +9,9 @@ one arithmetic both sides use:
     model input = ((pixels + offset) * scale - mean) / std        (per channel)
                 = ((pixels + offset) - mean image patch) * scale / std   (with a mean image)
 
-At training the offset is PCA lighting and the crop is random (`TrainTransform`); at test there
-is no offset and the views are the centre crop, its mirror, or the ten crops (`eval_views`).
+At training the offset is PCA lighting and the crop is random (`TrainTransform`: the ops of
+data/augment.py, which says where their random draws come from); at test there is no offset
+and the views are the centre crop, its mirror, or the ten crops (`eval_views`).
 Published weights come with their own Preprocess (`TORCHVISION`, `CAFFE_BVLC`).
 """
 
@@ -20,15 +21,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .config import DataConfig
 from .data import Store
-from .data.augment import (PAD_MODES, apply_crops, center_crop, crop_params, lighting_offsets, pad_images, per_channel_,
-                           ten_crop, to_float_plus)
+from .data.augment import Batch, Op, center_crop, per_channel_, run_ops, ten_crop, to_float_plus, train_ops
 from .errors import CheckpointError, ConfigError
+from .models import InputConfig, input_config
+from .models.owt import TORCHVISION_INPUT
 
 CHANNEL_ORDERS = ("RGB", "BGR")
 VIEWS = ("center", "flip", "ten-crop")
@@ -72,8 +73,19 @@ class Preprocess:
     # ---------------------------------------------------------------- construction
     @classmethod
     def raw(cls, in_chans: int = 3, resize: int = 256, crop: int = 224) -> Preprocess:
-        """0-255 pixels, nothing subtracted: what a model built outside training (create_model) gets."""
+        """0-255 pixels, nothing subtracted, at the sizes given."""
         return cls(resize=resize, crop=crop, in_chans=in_chans, mean=(0.0,) * in_chans)
+
+    @classmethod
+    def for_input(cls, data: InputConfig) -> Preprocess:
+        """A model's declared input as a Preprocess: its size and channels, its default normalisation."""
+        return cls(resize=data.test_resize, crop=data.input_size, in_chans=data.in_chans, scale=data.scale,
+                   mean=data.mean or (0.0,) * data.in_chans, std=data.std)  # fmt: skip
+
+    @classmethod
+    def for_model(cls, model: nn.Module) -> Preprocess:
+        """What a model built outside training (create_model) gets: its own declared input (input_config)."""
+        return cls.for_input(input_config(model))
 
     @classmethod
     def for_training(cls, store: Store, cfg: DataConfig) -> Preprocess:
@@ -167,70 +179,43 @@ def eval_views(pp: Preprocess, device: torch.device | str = "cpu", mode: str = "
 
 @dataclass(frozen=True, eq=False)
 class TrainTransform:
-    """uint8 store batch (B, C, S, S) -> float training batch: random crop (after `pad`) and flip,
-    PCA lighting, then `normalize` with the run's Preprocess (PAPER.md section 4.1).
-
-    The random draws come only from the generator passed in, in the order: row offsets, column
-    offsets, flips, lighting; so step s's augmentation is a function of the generator's seed.
-    """
+    """uint8 store batch (B, C, S, S) -> float training batch: the augmentation ops (random crop,
+    flip, PCA lighting; data/augment.py, which also says where each op's random draws come from),
+    then `normalize` with the run's Preprocess (PAPER.md section 4.1). Step `step` of a run seeded
+    `seed` gives the same batch every time."""
 
     preprocess: Preprocess
-    eigvals: Tensor  # (C,) variances of the training pixels along their principal axes (0-255 units)
-    eigvecs: Tensor  # (C, C), the axes as columns
-    crop: int = 224
-    pad: int = 0
-    pad_mode: str = "reflect"
-    flip: bool = True
-    lighting: float = 0.1  # std of the alphas (the paper's 0.1); 0 disables it
+    ops: tuple[Op, ...]  # in the order they act (augment.TRAIN_OPS)
     _on_device: dict = field(default_factory=dict, repr=False, init=False)
-
-    def __post_init__(self) -> None:
-        if self.pad_mode not in PAD_MODES:
-            raise ConfigError(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
-        size = self.preprocess.resize
-        if not 1 <= self.crop <= size + 2 * self.pad:
-            raise ConfigError(f"crop {self.crop} must be in [1, store size {size} + 2 * pad {self.pad}]")
-        if self.lighting < 0:
-            raise ConfigError(f"lighting std must be >= 0, got {self.lighting}")
 
     @classmethod
     def for_training(cls, store: Store, cfg: DataConfig, preprocess: Preprocess | None = None) -> TrainTransform:
-        stats = store.stats
-        lighting = cfg.lighting if store.channels == 3 else 0.0  # PCA lighting is an RGB augmentation
-        return cls(preprocess or Preprocess.for_training(store, cfg),
-                   torch.as_tensor(np.asarray(stats.eigvals), dtype=torch.float32),
-                   torch.as_tensor(np.asarray(stats.eigvecs), dtype=torch.float32),
-                   crop=cfg.crop, pad=cfg.pad, flip=cfg.flip, lighting=lighting)  # fmt: skip
+        return cls(preprocess or Preprocess.for_training(store, cfg), train_ops(cfg, store))
 
-    def _device(self, device: torch.device) -> tuple[Preprocess, Tensor, Tensor, Tensor | None]:
+    def _device(self, device: torch.device) -> tuple[Preprocess, tuple[Op, ...]]:
         key = str(device)
-        if key not in self._on_device:
-            pp, padded = self.preprocess, None
+        if key not in self._on_device:  # moved once, not per batch
+            pp = self.preprocess
             if pp.mean_image is not None:
                 pp = replace(pp, mean_image=pp.mean_image.to(device))
-                padded = pad_images(pp.mean_image[None], self.pad, self.pad_mode)[0] if self.pad else pp.mean_image
-            self._on_device[key] = (pp, self.eigvals.to(device), self.eigvecs.to(device), padded)
+            self._on_device[key] = (pp, tuple(op.to(device) for op in self.ops))
         return self._on_device[key]
 
-    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        pp, eigvals, eigvecs, mean_image = self._device(x.device)
-        b = x.shape[0]
-        if self.pad:
-            x = pad_images(x, self.pad, self.pad_mode)
-        top, left, flips = crop_params(b, x.shape[2], x.shape[3], self.crop, generator, self.flip)
-        crops = apply_crops(x, top, left, flips, self.crop)
-        offset = lighting_offsets(b, eigvals, eigvecs, self.lighting, generator) if self.lighting else None
-        patch = None
-        if mean_image is not None:  # each crop loses its own patch of the mean image
-            patch = apply_crops(mean_image.expand(b, -1, -1, -1), top, left, flips, self.crop)
-        return normalize(crops, pp, offset=offset, mean_patch=patch)
+    def draw(self, x: Tensor, seed: int, step: int) -> Batch:
+        """What the ops decide for batch x at `step` of a run seeded `seed`, before anything is cut."""
+        pp, ops = self._device(x.device)
+        return run_ops(ops, Batch.whole(x, pp.mean_image), seed, step)
+
+    def __call__(self, x: Tensor, seed: int, step: int) -> Tensor:
+        batch = self.draw(x, seed, step)
+        crops, patch = batch.cut()  # each crop loses its own patch of the mean image
+        return normalize(crops, self._device(x.device)[0], offset=batch.offset, mean_patch=patch)
 
 
 # Published weights and the preprocessing they were trained with.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# torchvision's AlexNet_Weights.IMAGENET1K_V1: short side 256, centre 224, 0-1, ImageNet mean/std, RGB.
-TORCHVISION = Preprocess(resize=256, crop=224, in_chans=3, scale=1 / 255, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+# torchvision's AlexNet_Weights.IMAGENET1K_V1: short side 256, centre 224, 0-1, ImageNet mean/std, RGB
+# (alexnet-owt's declared input).
+TORCHVISION = Preprocess.for_input(TORCHVISION_INPUT)
 # Caffe's bvlc_alexnet: 256, crop 227, 0-255 BGR minus the per-channel mean of ilsvrc_2012_mean
 # (B 104.007, G 116.669, R 122.679), the form Caffe's own classification example uses.
 CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)

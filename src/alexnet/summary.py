@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .models.alexnet import AlexNetConfig, tile_pad
+from .models import input_config
 from .models.layers import LocallyConnected2d
 
 LEARNED = (nn.Conv2d, nn.Linear, LocallyConnected2d)
@@ -67,10 +67,12 @@ def _macs(module: nn.Module, out: torch.Tensor) -> int:
 
 
 def summarize(model: nn.Module, input_size: int | None = None, arch: str | None = None) -> Summary:
-    """Trace one image through `model` (eval mode, no grad) and tabulate every leaf module."""
-    in_chans = int(getattr(model, "config", {}).get("in_chans", 3))
+    """Trace one image through `model` (eval mode, no grad) and tabulate every leaf module; at
+    the model's declared input (models.input_config) unless `input_size` says otherwise."""
+    declared = input_config(model)
+    in_chans = declared.in_chans
     if input_size is None:
-        input_size = int(getattr(model, "config", {}).get("input_size", 224))
+        input_size = declared.input_size
     rows: list[LayerRow] = []
     handles = []
     for name, module in model.named_modules():
@@ -112,6 +114,6 @@ def summarize(model: nn.Module, input_size: int | None = None, arch: str | None 
 
 
 def _padding_note(model: nn.Module, size: int) -> str:
-    cfg = getattr(model, "cfg", None)
-    pad = tile_pad(size, cfg.kernels[0], cfg.strides[0], cfg.paddings[0]) if isinstance(cfg, AlexNetConfig) else 0
+    padding = getattr(model, "input_padding", None)
+    pad = padding(size) if padding is not None else 0
     return f"zero-padded right/bottom by {pad} to {size + pad} so conv1 tiles it" if pad else ""

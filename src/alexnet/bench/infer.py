@@ -14,9 +14,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    _train.check_peak(args)
     results = run_alternating(_train.candidates(args, "infer"), warmup=args.warmup, repeats=args.repeats, steps=args.steps)
     single = argparse.Namespace(**{**vars(args), "batch": 1, "no_baselines": True, "no_peak": True, "bf16": False,
-                                   "compile": False, "fast_paths_off": False})  # fmt: skip
+                                   "compile": False, "fast_paths_off": False, "without": []})  # fmt: skip
     latency = run_alternating(_train.candidates(single, "infer"), warmup=3, repeats=15)[_train.OURS]
     return {"benchmark": "inference", "arch": args.arch, "batch": args.batch, "steps_per_turn": args.steps,
             **_train.limits(args, results, passes=1),

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..models import LocalResponseNorm, create_model
+from ..models import LocalResponseNorm, create_model, input_config
 from ..models.layers import LocallyConnected2d
 from ..runtime import environment, tune_allocator
 from ..summary import summarize
@@ -68,9 +68,10 @@ def _train_call(module: nn.Module, inp: torch.Tensor, first: bool) -> Any:
 def measure(arch: str, model: nn.Module, args: argparse.Namespace) -> dict[str, Any]:
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt).train()
-    size = int(getattr(model, "config", {}).get("input_size", 224))
+    declared = input_config(model)
+    size = declared.input_size
     macs = {r.name: r.macs for r in summarize(model, size).rows}
-    x = torch.randn(args.batch, int(getattr(model, "config", {}).get("in_chans", 3)), size, size).to(memory_format=fmt)
+    x = torch.randn(args.batch, declared.in_chans, size, size).to(memory_format=fmt)
     layers = _timed_layers(model, x)
 
     def whole() -> None:

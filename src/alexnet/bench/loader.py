@@ -115,14 +115,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         store = open_store(work / "store" / "train")
         loader = Loader(store, args.batch_size, workers=0, seed=0, pin_memory=False)
         transform = TrainTransform.for_training(store, DataConfig(crop=args.crop, mean="none", lighting=0.1))
-        gen = torch.Generator().manual_seed(0)
         rng = np.random.default_rng(0)
         n_store = args.batch_size * min(args.store_batches, len(loader))
         n_conv = args.batch_size
 
         def store_pipeline() -> None:
-            for x, _ in loader.epoch_batches(0, start=len(loader) - n_store // args.batch_size):
-                transform(x, gen)
+            for step, (x, _) in enumerate(loader.epoch_batches(0, start=len(loader) - n_store // args.batch_size)):
+                transform(x, 0, step)
 
         def conventional() -> None:
             order = rng.permutation(len(paths))[:n_conv]

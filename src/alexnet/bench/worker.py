@@ -30,9 +30,9 @@ import torch
 from torch import nn
 
 from ..config import OptimConfig
-from ..models import create_model
+from ..models import create_model, input_config
 from ..models.layers import set_fast_paths
-from ..runtime import tune_allocator
+from ..runtime import compile_model, tune_allocator
 from ..train.optim import make_optimizer
 
 
@@ -83,16 +83,16 @@ def build(spec: dict[str, Any]) -> tuple[nn.Module, int, int]:
     if kind == "naive-paper":
         return naive_paper(), 3, 227
     model = create_model(spec.get("arch", "alexnet"), **spec.get("options", {}))
-    config = getattr(model, "config", {})
-    return model, int(config.get("in_chans", 3)), int(config.get("input_size", 224))
+    declared = input_config(model)
+    return model, declared.in_chans, declared.input_size
 
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
     if spec.get("malloc_fix"):
         tune_allocator()
-    if spec.get("fast_paths") is False:
-        set_fast_paths(False)
+    if spec.get("fast_paths") is not None:  # False: all off; a list: only those on
+        set_fast_paths(spec["fast_paths"] if isinstance(spec["fast_paths"], list) else bool(spec["fast_paths"]))
     torch.set_num_threads(int(spec.get("threads") or torch.get_num_threads()))
     device = torch.device(spec.get("device", "cpu"))
     model, in_chans, size = build(spec)
@@ -104,7 +104,7 @@ def main() -> None:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     dtype = torch.bfloat16 if spec.get("bf16") else None
-    net = torch.compile(model) if spec.get("compile") else model
+    net = compile_model(model) if spec.get("compile") else model
     if spec["model"] == "alexnet":  # a small lr keeps the fixed batch's steps from drifting anywhere odd
         opt = make_optimizer(model.parameters(), OptimConfig(lr=1e-4))
     else:

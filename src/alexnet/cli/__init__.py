@@ -1,28 +1,35 @@
-"""The `alexnet` command. Each subcommand lives in its own module with `register(subparsers)` and `run(args)`.
+"""The `alexnet` command. Each subcommand lives in its own module of this package, with
+`register(subparsers)` and `run(args)`; a module is a command by being here (helpers start with
+"_"), so adding a command is one module and its test. `alexnet --help` lists them by name.
 
-This is the only place that reads sys.argv, and user mistakes (AlexNetError) become one line
-on stderr and exit status 2.
+This is the only place that reads sys.argv, and user mistakes (AlexNetError, and command lines
+argparse refuses) become one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
-import argparse
+import importlib
+import pkgutil
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 from .. import __version__
 from ..errors import AlexNetError
 from ..runtime import tune_allocator
-from . import (bench, evaluate, experiment, export, features, import_weights, neighbors, predict, prepare, serve, summary,
-               train, verify, visualize)  # fmt: skip
-
-# The subcommands, in the order of `alexnet --help`.
-COMMANDS = (summary, prepare, verify, train, evaluate, predict, features, neighbors, visualize, experiment, export,
-            import_weights, bench, serve)  # fmt: skip
+from ._args import Parser, UsageError
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _commands() -> tuple[ModuleType, ...]:
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    return tuple(importlib.import_module(f"{__name__}.{name}") for name in names)
+
+
+COMMANDS = _commands()  # every command module, by name
+
+
+def build_parser() -> Parser:
+    parser = Parser(
         prog="alexnet", description="AlexNet (Krizhevsky, Sutskever and Hinton, 2012): models, data, training, analyses."
     )
     parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
@@ -35,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        print(f"{exc.prog}: error: {exc}", file=sys.stderr)
+        return 2
     tune_allocator()  # before any tensor is allocated (see runtime.py)
     try:
         return int(args.func(args) or 0)

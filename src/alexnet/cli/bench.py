@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import sys
 
 from ..bench import ABOVE, KINDS
-from ..errors import ConfigError
+from ..runtime import cpu_info
+from ._args import device, non_negative_int, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             continue
         kp = kinds.add_parser(kind, help=(module.__doc__ or "").strip().splitlines()[0])
         module.add_arguments(kp)
+        _shared_types(kp)
         kp.add_argument("--json", action="store_true", help="print the result as JSON")
         kp.set_defaults(func=run, bench_module=module)
 
@@ -32,18 +35,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 COUNTS = ("batch", "batch_size", "repeats", "steps", "images", "classes", "decode_images", "store_batches", "size", "crop")
 
 
-def check_counts(args: argparse.Namespace) -> None:
-    for name in COUNTS:
-        value = getattr(args, name, None)
-        if value is not None and value < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if getattr(args, "warmup", 0) < 0:
-        raise ConfigError(f"--warmup must be >= 0, got {args.warmup}")
+def _shared_types(kp: argparse.ArgumentParser) -> None:
+    """The CLI's checked types for the flags the bench modules (a lower layer, which cannot import
+    the CLI) declare as plain ints and strings: counts, --warmup and --device. Their --device keeps
+    its default, cpu: the baselines and the peak probe are CPU figures."""
+    types = {**dict.fromkeys(COUNTS, positive_int), "warmup": non_negative_int, "device": device}
+    for action in kp._actions:  # argparse has no public way to change a declared argument's type
+        if action.dest in types:
+            action.type = types[action.dest]
 
 
 def run(args: argparse.Namespace) -> int:
-    check_counts(args)
     result = args.bench_module.run(args)
+    # Every figure names its CPU: the output's first line says which one (stderr under --json, whose
+    # stdout is the JSON document; the document's env holds the same under "cpu").
+    print(f"bench {args.kind} on {cpu_info().describe()}", file=sys.stderr if args.json else sys.stdout, flush=True)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

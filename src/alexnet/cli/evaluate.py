@@ -1,4 +1,4 @@
-"""`alexnet evaluate --checkpoint CKPT --data STORE [--ten-crop] [--json]`"""
+"""`alexnet evaluate --checkpoint CKPT --data STORE [--ten-crop] [--device auto] [--json]`"""
 
 from __future__ import annotations
 
@@ -6,19 +6,20 @@ import argparse
 import json
 
 from ..evaluate import evaluate_checkpoint
+from ._args import add_checkpoint_arg, add_device_arg, add_model_parallel_arg, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="top-1/top-5 error, per-class accuracy and confusion matrix on a store")
-    p.add_argument("--checkpoint", required=True, help="checkpoint file or run folder (best.pt, else last.pt)")
+    add_checkpoint_arg(p)
     p.add_argument("--data", required=True, help="a prepared dataset folder or one split of it")
     p.add_argument("--split", default=None, help="split to evaluate (default: val, else test)")
     views = p.add_mutually_exclusive_group()
     views.add_argument("--ten-crop", action="store_true", help="average softmax over the paper's ten crops")
     views.add_argument("--flip", action="store_true", help="average softmax over the centre crop and its mirror")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--model-parallel", metavar="DEV0,DEV1", help="the paper's two-tower split over two devices")
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    add_device_arg(p)
+    add_model_parallel_arg(p)
     p.add_argument("--json", action="store_true", help="print everything as JSON")
     p.set_defaults(func=run)
 

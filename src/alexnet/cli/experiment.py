@@ -8,6 +8,7 @@ import sys
 
 from ..analysis.experiments import EXPERIMENTS, format_table, run_experiment
 from ..data import open_dataset
+from ._args import non_negative_int, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,11 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", choices=[*EXPERIMENTS, "all"], metavar="NAME", help=f"{', '.join(EXPERIMENTS)} or all")
     p.add_argument("--data", required=True, help="prepared dataset folder with train and test splits")
     p.add_argument("--out", default="results", help="results folder (default results)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default 3)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the experiment's own)")
-    p.add_argument("--max-steps", type=int, default=0, help="stop each run after this many steps (0: no limit)")
-    p.add_argument("--train-eval", type=int, default=10_000, help="training images to measure train error on")
-    p.add_argument("--jobs", type=int, default=1,
+    p.add_argument("--seeds", type=positive_int, default=3, help="seeds per arm (default 3)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs per run (default: the experiment's own)")
+    p.add_argument("--max-steps", type=non_negative_int, default=0, help="stop each run after this many steps (0: no limit)")
+    p.add_argument("--train-eval", type=positive_int, default=10_000, help="training images to measure train error on")
+    p.add_argument("--jobs", type=positive_int, default=1,
                    help="train this many runs at once, each in its own process on 1/JOBS of torch's threads "
                    "(default 1: one run after another on all of them)")  # fmt: skip
     p.add_argument("--progress", action="store_true", help="a progress bar per run (with --jobs 1)")

@@ -1,4 +1,7 @@
-"""`alexnet export CKPT --format onnx|safetensors|torchscript|caffe-npy --out FILE [--json]`"""
+"""`alexnet export --checkpoint CKPT --format onnx|safetensors|torchscript|caffe-npy --out FILE [--json]`
+
+(`alexnet export CKPT ...`, the older spelling, still works.)
+"""
 
 from __future__ import annotations
 
@@ -6,14 +9,15 @@ import argparse
 import json
 
 from ..interop.export import FORMATS, export_checkpoint
+from ._args import add_checkpoint_arg, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write a checkpoint as ONNX, safetensors, TorchScript or bvlc_alexnet.npy; checked")
-    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or run folder (best.pt, else last.pt)")
+    add_checkpoint_arg(p, positional=True)
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--out", required=True, help="file to write")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--opset", type=positive_int, default=18, help="ONNX opset (default 18)")
     p.add_argument("--no-check", action="store_true", help="skip reloading the file and comparing with PyTorch")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)

@@ -1,4 +1,4 @@
-"""`alexnet features --checkpoint CKPT --data STORE [--split train] --layer fc7 --out FEATURES`"""
+"""`alexnet features --checkpoint CKPT --data STORE [--split train] --layer fc7 --out FEATURES [--device auto]`"""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ..analysis.features import extract_features
+from ._args import add_checkpoint_arg, add_device_arg, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Write FEATURES/features.npy (N, D), labels.npy, indices.npy and meta.json. Layers: paper names "
         "(conv1..conv5, pool5, fc6, fc7, fc8: outputs after the nonlinearity) or module paths.",
     )
-    p.add_argument("--checkpoint", required=True, help="checkpoint file or run folder (best.pt, else last.pt)")
+    add_checkpoint_arg(p)
     p.add_argument("--data", required=True, help="a prepared dataset folder or one split of it")
     p.add_argument("--split", default=None, help="split of a dataset folder (default train: the retrieval database)")
     p.add_argument("--layer", default="fc7", help="layer name (default fc7)")
@@ -24,9 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="storage type (default float16: half the disk, fc7 keeps ~3 significant digits)")  # fmt: skip
     p.add_argument("--views", choices=("center", "flip"), default="center",
                    help="centre crop, or the mean of the centre crop and its mirror")  # fmt: skip
-    p.add_argument("--limit", type=int, default=None, help="only this many images, drawn at random (seed 0)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--limit", type=positive_int, default=None, help="only this many images, drawn at random (seed 0)")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    add_device_arg(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the folder's metadata as JSON")

@@ -13,6 +13,7 @@ from ..analysis import neighbors
 from ..analysis.features import open_features
 from ..analysis.retrieval_bench import benchmark_codes, format_benchmark
 from ..errors import ConfigError
+from ._args import add_checkpoint_arg, non_negative_int, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,17 +28,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--query", nargs="+", metavar="IMAGE", help="query image files")
     q.add_argument("--query-features", metavar="Q", help="feature folder whose rows are the queries")
-    p.add_argument("--num-queries", type=int, default=None, help="use this many rows of Q, drawn at random (seed 0)")
-    p.add_argument("--checkpoint", default=None, help="for --query: the model (default: the one TRAIN was made with)")
-    p.add_argument("-k", type=int, default=6, help="neighbours per query (default 6)")
+    p.add_argument("--num-queries", type=positive_int, default=None, help="use this many rows of Q, drawn at random (seed 0)")
+    add_checkpoint_arg(p, required=False, help="for --query: the model (default: the one TRAIN was made with)")
+    p.add_argument("-k", type=positive_int, default=6, help="neighbours per query (default 6)")
     p.add_argument("--method", choices=("exact", "hamming"), default="exact")
     p.add_argument("--backend", choices=("torch", "faiss"), default="torch", help="exact search backend")
     p.add_argument("--codes", choices=("autoencoder", "lsh"), default="autoencoder", help="binary code method")
-    p.add_argument("--bits", type=int, nargs="+", default=[128], help="code length(s) (64-256 typical)")
-    p.add_argument("--shortlist", type=int, default=0,
+    p.add_argument("--bits", type=positive_int, nargs="+", default=[128], help="code length(s) (64-256 typical)")
+    p.add_argument("--shortlist", type=non_negative_int, default=0,
                    help="hamming: re-rank this many Hamming neighbours by exact distance (0: none)")  # fmt: skip
     p.add_argument("--retrain-codes", action="store_true", help="train the binary codes again, ignoring the cache")
-    p.add_argument("--code-epochs", type=int, default=20, help="auto-encoder training epochs")
+    p.add_argument("--code-epochs", type=positive_int, default=20, help="auto-encoder training epochs")
     p.add_argument("--benchmark", action="store_true",
                    help="compare binary codes (auto-encoder and LSH, each --bits) with exact search")  # fmt: skip
     p.add_argument("--grid", metavar="OUT.png", help="also draw the queries and their neighbours")

@@ -1,4 +1,4 @@
-"""`alexnet predict --checkpoint CKPT IMAGE... [--topk 5] [--json]`"""
+"""`alexnet predict --checkpoint CKPT IMAGE... [--topk 5] [--device auto] [--json]`"""
 
 from __future__ import annotations
 
@@ -6,26 +6,24 @@ import argparse
 import json
 import sys
 
-from ..errors import ConfigError
 from ..inference import Predictor
+from ._args import add_checkpoint_arg, add_device_arg, add_model_parallel_arg, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="top-k classes of image files, with the checkpoint's test preprocessing")
-    p.add_argument("--checkpoint", required=True, help="checkpoint file or run folder (best.pt, else last.pt)")
+    add_checkpoint_arg(p)
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", type=positive_int, default=5, help="classes per image (default 5)")
     p.add_argument("--views", choices=("center", "flip", "ten-crop"), default="center",
                    help="centre crop (default), centre + mirror, or the paper's ten crops")  # fmt: skip
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--model-parallel", metavar="DEV0,DEV1", help="the paper's two-tower split over two devices")
+    add_device_arg(p)
+    add_model_parallel_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.topk < 1:
-        raise ConfigError(f"--topk must be >= 1, got {args.topk}")
     predictor = Predictor.load(args.checkpoint, device=args.device, model_parallel=args.model_parallel)
     results = predictor.predict(args.images, args.topk, views=args.views)
     failed = [r for r in results if r.error]

@@ -1,4 +1,7 @@
-"""`alexnet serve CHECKPOINT_OR_RUN [--data STORE] [--host 127.0.0.1] [--port 8000]`"""
+"""`alexnet serve --checkpoint CKPT [--data STORE] [--host 127.0.0.1] [--port 8000] [--device auto]`
+
+(`alexnet serve RUN ...`, the older spelling, still works.)
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,10 @@ import sys
 
 import torch
 
-from ..errors import ConfigError
 from ..serve import Explorer, ServeOptions, serve
 from ..serve.images import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS
 from ..serve.server import check_port
+from ._args import add_checkpoint_arg, add_device_arg, port, positive_float, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,26 +23,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Serves one checkpoint: top-k classes, every layer's activations, conv1's kernels (Fig. 3), "
         "the nearest training images by fc7 distance (Fig. 4, from an index built on first use and cached "
         "beside the run), the architecture table and, for a run folder, its training curves. "
-        "The API is described in the README (section 'The explorer').",
+        "The API is described in docs/explorer.md.",
     )
-    p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN", help="checkpoint file or run folder (best.pt, else last.pt)")
+    add_checkpoint_arg(p, positional=True)
     p.add_argument("--data", metavar="STORE", help="prepared dataset: test images to pick, training images for neighbours")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port, default=8000, help="port to listen on (default 8000; 0: any free one)")
     p.add_argument("--layer", default="fc7", help="the neighbour feature layer (default fc7, the paper's)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1,
+    add_device_arg(p)
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="torch threads (default 1: on a busy 2-core machine two-thread ops wait for the other core; "
                    "the neighbour scan took twice as long with 2, docs/benchmarks.md)")  # fmt: skip
-    p.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_BYTES / 2**20, help="upload size limit in MiB")
-    p.add_argument("--max-upload-pixels", type=int, default=MAX_UPLOAD_PIXELS, help="upload pixel limit (bombs)")
+    p.add_argument("--max-upload-mb", type=positive_float, default=MAX_UPLOAD_BYTES / 2**20, help="upload size limit in MiB")
+    p.add_argument("--max-upload-pixels", type=positive_int, default=MAX_UPLOAD_PIXELS, help="upload pixel limit (bombs)")
     p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="warning")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.max_upload_mb <= 0 or args.max_upload_pixels < 1 or args.threads < 1:
-        raise ConfigError("--max-upload-mb, --max-upload-pixels and --threads must be positive")  # before the model loads
     torch.set_num_threads(args.threads)
     check_port(args.host, args.port)  # before the model loads: a taken port is a one-line error at once
     opts = ServeOptions(data=args.data, layer=args.layer, device=args.device,

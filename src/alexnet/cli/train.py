@@ -11,6 +11,7 @@ from ..errors import ConfigError
 from ..parallel.model_parallel import parse_devices
 from ..report import write_report
 from ..train import train
+from ._args import add_model_parallel_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--preset", default="paper", help=f"named settings: {', '.join(PRESETS)} (default paper)")
     p.add_argument("--config", help="YAML file of settings")
-    p.add_argument("--model-parallel", metavar="DEV0,DEV1", help="the paper's two-tower split over two devices")
+    add_model_parallel_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--report", action=argparse.BooleanOptionalAction, default=True, help="write report.md at the end")
     p.add_argument("--json", action="store_true", help="print the final result as JSON")

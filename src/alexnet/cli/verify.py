@@ -11,12 +11,13 @@ import json
 import os
 
 from ..data.store import verify_store
+from ._args import positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("verify", help="check a prepared store's files against the sha256 checksums in its manifests")
     p.add_argument("store", metavar="STORE", help="a prepared dataset (OUT) or one of its splits (OUT/<split>)")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+    p.add_argument("--workers", type=positive_int, default=min(8, os.cpu_count() or 1),
                    help="files hashed at once, in threads (default: the cores, at most 8)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -24,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = verify_store(args.store, workers=max(1, args.workers), progress=not args.no_progress)
+    result = verify_store(args.store, workers=args.workers, progress=not args.no_progress)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -9,10 +9,11 @@ from ..analysis import neighbors
 from ..analysis.experiments.fig3 import describe_towers
 from ..analysis.features import open_features
 from ..data.store import open_split
-from ..errors import AlexNetError, ConfigError, DataError
+from ..errors import AlexNetError, DataError
 from ..figures import conv1_kernels, predictions_grid, training_curves
 from ..inference import Predictor
 from ..train.rundir import RunDir
+from ._args import add_checkpoint_arg, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,8 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     k = kinds.add_parser("kernels", help="conv1's kernels as colour images, the two towers side by side (Fig. 3), "
                          "and how colourful each half is")
-    k.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
-    k.add_argument("--towers", type=int, default=None, help="groups to split the kernels into (default: from conv2)")
+    add_checkpoint_arg(k)
+    k.add_argument("--towers", type=positive_int, default=None, help="groups to split the kernels into (default: from conv2)")
     k.set_defaults(func=_kernels)
 
     n = kinds.add_parser("neighbors", help="query images and their nearest training images by fc7 distance (Fig. 4)")
@@ -31,16 +32,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = n.add_mutually_exclusive_group(required=True)
     q.add_argument("--query", nargs="+", metavar="IMAGE", help="query image files")
     q.add_argument("--query-features", metavar="Q", help="feature folder whose rows are the queries")
-    n.add_argument("--num-queries", type=int, default=8, help="rows of Q drawn at random, seed 0 (default 8)")
-    n.add_argument("-k", type=int, default=6, help="neighbours per query (default 6)")
-    n.add_argument("--checkpoint", default=None, help="for --query: the model (default: the features' own)")
+    n.add_argument("--num-queries", type=positive_int, default=8, help="rows of Q drawn at random, seed 0 (default 8)")
+    n.add_argument("-k", type=positive_int, default=6, help="neighbours per query (default 6)")
+    add_checkpoint_arg(n, required=False, help="for --query: the model (default: the features' own)")
     n.set_defaults(func=_neighbors)
 
     pr = kinds.add_parser("predictions", help="test images with their top-5 predictions as bars")
-    pr.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
+    add_checkpoint_arg(pr)
     pr.add_argument("--data", required=True, help="a prepared dataset folder or one split of it")
     pr.add_argument("--split", default=None, help="split (default: val, else test)")
-    pr.add_argument("--count", type=int, default=12, help="images, drawn at random (default 12)")
+    pr.add_argument("--count", type=positive_int, default=12, help="images, drawn at random (default 12)")
     pr.add_argument("--seed", type=int, default=0)
     pr.set_defaults(func=_predictions)
 
@@ -74,8 +75,6 @@ def _neighbors(args: argparse.Namespace) -> int:
 
 
 def _predictions(args: argparse.Namespace) -> int:
-    if args.count < 1:
-        raise ConfigError(f"--count must be >= 1, got {args.count}")
     predictor = Predictor.load(args.checkpoint, device="cpu")
     images, top, truth = predictor.sample(open_split(args.data, args.split), args.count, seed=args.seed)
     return _done(predictions_grid(images, top, args.out, truth=truth))

@@ -1,8 +1,9 @@
 """Data: sources -> prepare (decode once) -> packed store -> loader (uint8 batches) -> augment (batch tensor ops).
 
-Imports point one way: sources.py (Source, Split, file listing) <- the readers (arrays.py,
-cifar.py, imagenet.py; download.py fetches for them) <- resolve.py <- prepare.py (with
-sizing.py, decode.py, stats.py, store.py).
+Imports point one way: sources.py (Source, Split, the Items protocol, file listing) <- the
+readers (arrays.py, cifar.py, imagenet.py, imagenet_archives.py; tars.py reads tar members in
+place, download.py fetches) <- resolve.py <- prepare.py (with sizing.py, decode.py, stats.py,
+store.py).
 
     from alexnet.data import open_dataset, open_store
     from alexnet.data.prepare import prepare, PrepareOptions   # what `alexnet prepare` runs

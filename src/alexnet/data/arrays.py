@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import DataError
 from ..files import cache_dir
 from .download import fetch
-from .sources import Source, Split
+from .sources import ArrayItems, Source, Split
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -75,19 +75,21 @@ def idx_folder(folder: Path, *, require_fashion: bool = False) -> Source:
     if require_fashion and not fashion:
         bad = [s for s in digests if digests[s] != FASHION_MNIST_SHA256[s]]
         raise DataError(f"{folder}: {', '.join(bad)} differ from Fashion-MNIST (sha256 of the decompressed content)")
-    splits = {}
+    splits, side = {}, 0
     for split, prefix in IDX_SPLITS.items():
         images = parse_idx(blobs[f"{prefix}-images-idx3-ubyte"], f"{prefix}-images")
         labels = parse_idx(blobs[f"{prefix}-labels-idx1-ubyte"], f"{prefix}-labels").astype(np.int64)
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise DataError(f"{folder}: {prefix} images {images.shape} and labels {labels.shape} do not match")
-        splits[split] = Split(split, labels, images=images[:, :, :, None])
+        splits[split] = Split(split, labels, ArrayItems(images[:, :, :, None]))
+        if split == "train":
+            side = int(images.shape[1])
     n_classes = int(max(s.labels.max() for s in splits.values())) + 1
     names = FASHION_MNIST_CLASSES if fashion else [str(i) for i in range(n_classes)]
     ids = [str(i) for i in range(len(names))]
     info = {"sha256_decompressed": digests, "verified_fashion_mnist": fashion, "files": {k: str(v) for k, v in files.items()}}
     return Source("fashion-mnist" if fashion else "idx", str(folder), ids, list(names), splits,
-                  native_size=int(splits["train"].images.shape[1]), channels=1, info=info)  # fmt: skip
+                  native_size=side, channels=1, info=info)  # fmt: skip
 
 
 def fashion_mnist(path: str | None, *, download_dir: str | None = None, base_url: str = FASHION_MNIST_URL,
@@ -161,7 +163,8 @@ def synthetic(arg: str, spec: str) -> Source:
     for name, per in (("train", opts["per_class"]), ("test", opts["test_per_class"])):
         if per > 0:
             labels = np.repeat(np.arange(opts["classes"]), per)
-            splits[name] = Split(name, labels, images=synthetic_images(labels, opts["classes"], opts["size"], opts["channels"], rng))
+            images = synthetic_images(labels, opts["classes"], opts["size"], opts["channels"], rng)
+            splits[name] = Split(name, labels, ArrayItems(images))
     names = [f"class{i}" for i in range(opts["classes"])]
     return Source("synthetic", spec, names, list(names), splits, native_size=opts["size"],
                   channels=opts["channels"], info={"options": opts})  # fmt: skip

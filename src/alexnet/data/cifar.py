@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import DataError
 from ..files import cache_dir, load_array_pickle
 from .download import fetch
-from .sources import Source, Split
+from .sources import ArrayItems, Source, Split
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # published on the authors' page
@@ -144,7 +144,7 @@ def _split(name: str, batches: list[tuple[str, dict]], num_classes: int, spec: s
             raise DataError(f"{spec}: {bname} has labels outside 0..{num_classes - 1}")
         images.append(data.reshape(-1, 3, SIDE, SIDE).transpose(0, 2, 3, 1))  # R, G, B planes -> (N, H, W, C)
         labels.append(lab)
-    return Split(name, np.concatenate(labels), images=np.ascontiguousarray(np.concatenate(images)))
+    return Split(name, np.concatenate(labels), ArrayItems(np.ascontiguousarray(np.concatenate(images))))
 
 
 def _md5(path: Path) -> str:

@@ -11,16 +11,18 @@ words. Those IDs are not in sorted-wnid order (ID 1 is n02119789, kit fox); clas
 are. A plain text map, `data/meta.txt` with lines "ILSVRC2012_ID wnid [words]", is read
 instead when present. Human-readable names come from meta.mat/meta.txt words or from a
 LOC_synset_mapping.txt-style file ("n01440764 tench, Tinca tinca").
+The archives as downloaded, read without unpacking them, are imagenet_archives.py.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
 from ..errors import DataError
-from .sources import WNID, Source, Split, class_dirs, files_by_class, list_images
+from .sources import WNID, FileItems, Source, Split, class_dirs, files_by_class, list_images
 
 GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
 
@@ -53,14 +55,18 @@ def imagenet(path: Path, devkit: str | None = None, synsets: str | None = None) 
         else:
             splits["val"] = flat_val(val, wnids, kit, meta)
             info["val_layout"] = "flat+devkit"
-    words = dict(meta[1]) if meta else {}
+    names, descriptions = class_names(wnids, meta[1] if meta else {}, synsets)
+    info["class_descriptions"] = descriptions
+    return Source("imagenet", str(path), list(wnids), names, splits, info=info)
+
+
+def class_names(wnids: list[str], words: dict[str, str], synsets: str | None) -> tuple[list[str], list[str]]:
+    """(short names, full descriptions) of the classes, from the devkit's words and a --synsets file."""
+    words = dict(words)
     if synsets:
         words.update(read_synsets(Path(synsets), wnids))
     descriptions = [words.get(w, w) for w in wnids]
-    names = short_names(descriptions, wnids) if words else list(wnids)
-    source = Source("imagenet", str(path), list(wnids), names, splits, info=info)
-    source.info["class_descriptions"] = descriptions
-    return source
+    return (short_names(descriptions, wnids) if words else list(wnids)), descriptions
 
 
 def find_devkit(root: Path, devkit: str | None) -> Path | None:
@@ -97,23 +103,24 @@ def read_meta(kit: Path) -> tuple[dict[int, str], dict[str, str]] | None:
     return None
 
 
-def read_meta_mat(mat: Path) -> tuple[dict[int, str], dict[str, str]]:
-    """The devkit's meta.mat: a `synsets` struct array (ILSVRC2012_ID, WNID, words, gloss, num_children,
-    children, wordnet_height, num_train_images); the leaves (num_children 0) are the 1000 classes."""
+def read_meta_mat(mat: Path | IO[bytes], where: str | None = None) -> tuple[dict[int, str], dict[str, str]]:
+    """The devkit's meta.mat (a path, or a file object read from the devkit's archive, named `where`):
+    a `synsets` struct array (ILSVRC2012_ID, WNID, words, gloss, num_children, children,
+    wordnet_height, num_train_images); the leaves (num_children 0) are the 1000 classes."""
     # Imported here for start-up time: scipy.io takes ~0.3 s to import and only this file format needs it.
     import scipy.io
 
     try:
-        synsets = scipy.io.loadmat(str(mat), squeeze_me=True)["synsets"]
+        synsets = scipy.io.loadmat(str(mat) if isinstance(mat, Path) else mat, squeeze_me=True)["synsets"]
         ids, words = {}, {}
         for s in np.atleast_1d(synsets):  # squeeze_me leaves a 0-d record for a single synset
             if int(s["num_children"]) == 0:
                 ids[int(s["ILSVRC2012_ID"])] = str(s["WNID"])
                 words[str(s["WNID"])] = str(s["words"])
     except (scipy.io.matlab.MatReadError, OSError, ValueError, TypeError, KeyError, IndexError, NotImplementedError) as exc:
-        raise DataError(f"cannot read {mat} as the devkit's meta.mat (a 'synsets' struct array): {exc!r}") from None
+        raise DataError(f"cannot read {where or mat} as the devkit's meta.mat (a 'synsets' struct array): {exc!r}") from None
     if not ids:
-        raise DataError(f"{mat}: no leaf synsets (num_children == 0)")
+        raise DataError(f"{where or mat}: no leaf synsets (num_children == 0)")
     return ids, words
 
 
@@ -126,18 +133,25 @@ def flat_val(val: Path, wnids: list[str], kit: Path | None, meta: tuple | None) 
         raise DataError(f"{val} is flat: need the devkit's data/{GROUND_TRUTH} (give --devkit PATH)")
     if meta is None:
         raise DataError(f"{val} is flat: need the devkit's data/meta.mat or data/meta.txt to map ids to wnids")
-    tokens = gt.read_text().split()
+    labels = val_labels(gt.read_text(), str(gt), len(files), str(val), meta[0], wnids)
+    return Split("val", labels, FileItems(files))
+
+
+def val_labels(ground_truth: str, gt_where: str, n_images: int, images_where: str, wnid_of: dict[int, str],
+               wnids: list[str]) -> np.ndarray:  # fmt: skip
+    """Class indices (into sorted `wnids`) of the val images in name order, from the ground truth's
+    ILSVRC2012_IDs (one per line) and the devkit's ID -> wnid map."""
+    tokens = ground_truth.split()
     if not all(t.isdigit() for t in tokens):
-        raise DataError(f"{gt}: expected one ILSVRC2012_ID (an integer) per line")
+        raise DataError(f"{gt_where}: expected one ILSVRC2012_ID (an integer) per line")
     ids = [int(t) for t in tokens]
-    if len(ids) != len(files):
-        raise DataError(f"{gt} has {len(ids)} labels but {val} has {len(files)} images")
+    if len(ids) != n_images:
+        raise DataError(f"{gt_where} has {len(ids)} labels but {images_where} has {n_images} images")
     index = {w: i for i, w in enumerate(wnids)}
     try:
-        labels = [index[meta[0][i]] for i in ids]
+        return np.asarray([index[wnid_of[i]] for i in ids], np.int64)
     except KeyError as exc:
-        raise DataError(f"{gt}: id or wnid {exc} is not among the train classes") from None
-    return Split("val", np.asarray(labels, np.int64), paths=files)
+        raise DataError(f"{gt_where}: id or wnid {exc} is not among the train classes") from None
 
 
 def read_synsets(path: Path, class_ids: list[str]) -> dict[str, str]:

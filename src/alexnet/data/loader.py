@@ -2,7 +2,7 @@
 
 The order of an epoch depends only on (seed, epoch) and the rank split, so a run resumed at
 (epoch, batch) sees exactly the batches it would have seen. Augmentation is the caller's
-(augment.TrainTransform on the batch), which keeps this a fast gather from memory-mapped shards.
+(preprocess.TrainTransform on the batch), which keeps this a fast gather from memory-mapped shards.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from ..progress import progress_bar
 from .decode import MIN_SIDE, BadImage, decode_image, resize_center_crop
 from .resolve import resolve_source
 from .sizing import SizeChoice, choose_size
-from .sources import Source, Split
+from .sources import Items, Source, Split
 from .stats import StatsAccumulator
 from .store import DATASET, FORMAT, MANIFEST, SHARD_BYTES, VERSION, shard_name
 
@@ -77,7 +77,8 @@ def prepare(source_spec: str, out: str | os.PathLike[str], options: PrepareOptio
     """Prepare every split of `source_spec` under `out`; returns the summary (also in OUT/dataset.json)."""
     opts = options or PrepareOptions()
     source = resolve_source(source_spec, val_fraction=opts.val_fraction, seed=opts.seed, devkit=opts.devkit,
-                            synsets=opts.synsets, download_dir=opts.download_dir, progress=opts.progress)  # fmt: skip
+                            synsets=opts.synsets, download_dir=opts.download_dir, workers=opts.workers,
+                            progress=opts.progress)  # fmt: skip
     sizing = choose_size(source, opts.size, min_side=opts.min_side, workers=opts.workers, progress=opts.progress)
     channels = opts.channels or source.channels or 3
     root = Path(out)
@@ -127,6 +128,8 @@ def _prepare_locked(source: Source, root: Path, sizing: SizeChoice, channels: in
         "skipped": sum(s["skipped"] for s in summaries.values()), "report": str(root / "report.tsv"),
         "seconds": round(time.perf_counter() - t0, 3), "plan": plan["digest"],
     }  # fmt: skip
+    if source.info.get("missing"):  # a split the source could not make, and why (ImageNet's archives)
+        result["missing"] = source.info["missing"]
     write_json_atomic(root / DATASET, result)  # the completion marker: last
     shutil.rmtree(root / WORK, ignore_errors=True)
     return result
@@ -139,10 +142,7 @@ def make_plan(source: Source, size: int, channels: int, opts: PrepareOptions) ->
     for name, split in source.splits.items():
         h.update(name.encode())
         h.update(split.labels.tobytes())
-        if split.paths is not None:
-            h.update("\0".join(split.paths).encode())
-        else:
-            h.update(np.ascontiguousarray(split.images).data)
+        split.items.fingerprint(h)
     return {"digest": h.hexdigest(), "source": source.spec, "size": size, "channels": channels}
 
 
@@ -185,7 +185,7 @@ def prepare_split(split: Split, path: Path, source: Source, size: int, channels:
     path.mkdir(parents=True, exist_ok=True)
     n = len(split)
     # decoded arrays are cheap per image: big chunks keep the per-chunk overhead negligible
-    chunk = opts.chunk if split.paths is not None else max(opts.chunk, 2048)
+    chunk = opts.chunk if split.items.encoded else max(opts.chunk, 2048)
     shard_rows = max(1, opts.shard_bytes // (size * size * channels))
     shards = [(shard_name(i), min(shard_rows, n - i * shard_rows)) for i in range(-(-n // shard_rows))]
     state_path = path.parent / WORK / f"{split.name}.state.npz"
@@ -287,7 +287,7 @@ def _finish_split(split: Split, path: Path, source: Source, size: int, channels:
         "rows_file": rows_file,
         "stats_file": {"file": "stats.npz", "sha256": sha256_file(path / "stats.npz")},
         "stats": stats.summary(),
-        "skipped": [[split.paths[i] if split.paths else str(i), r] for i, r in skipped],
+        "skipped": [[split.items.name(i), r] for i, r in skipped],
         "plan": plan["digest"],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }  # fmt: skip
@@ -298,19 +298,28 @@ def _finish_split(split: Split, path: Path, source: Source, size: int, channels:
 # ---------------------------------------------------------------- decoding chunks
 
 
+@dataclass(frozen=True)
+class ChunkTask:
+    """One chunk for a worker: decode `items` into rows start.. of the split's shards in folder `out`."""
+
+    chunk: int  # its number in the split's list of chunks
+    start: int  # the split index (and store row) of items[0]
+    items: Items  # this chunk's images only: the task is pickled to a worker
+    out: str
+    shard_rows: int
+    size: int
+    channels: int
+    min_side: int
+
+
 def _run_chunks(split: Split, path: Path, pending: list[int], chunk: int, shard_rows: int, size: int, channels: int,
                 opts: PrepareOptions):  # type: ignore[no-untyped-def]  # fmt: skip
-    def task(k: int) -> tuple:
+    def task(k: int) -> ChunkTask:
         lo, hi = k * chunk, min((k + 1) * chunk, len(split))
-        items = split.paths[lo:hi] if split.paths is not None else (lo, hi)
-        return (k, lo, items, str(path), shard_rows, size, channels, opts.min_side)
+        return ChunkTask(k, lo, split.items.take(slice(lo, hi)), str(path), shard_rows, size, channels, opts.min_side)
 
-    if split.images is not None:  # arrays: no decoding worth a process pool
-        with _Writer() as writer:
-            for k in pending:
-                yield writer.run(task(k), split.images)
-        return
-    if opts.workers == 1 or len(pending) <= 1:
+    # arrays: no decoding worth a process pool
+    if not split.items.encoded or opts.workers == 1 or len(pending) <= 1:
         with _Writer() as writer:
             for k in pending:
                 yield writer.run(task(k))
@@ -324,7 +333,7 @@ def _run_chunks(split: Split, path: Path, pending: list[int], chunk: int, shard_
 _WORKER_WRITER: _Writer | None = None
 
 
-def _pool_task(t: tuple) -> tuple:
+def _pool_task(t: ChunkTask) -> tuple:
     global _WORKER_WRITER
     if _WORKER_WRITER is None:
         _WORKER_WRITER = _Writer()
@@ -351,40 +360,28 @@ class _Writer:
             self._maps[key] = np.lib.format.open_memmap(key, mode="r+")
         return self._maps[key]
 
-    def run(self, t: tuple, images: np.ndarray | None = None) -> tuple:
-        k, lo, items, path, shard_rows, size, channels, min_side = t
-        n = (items[1] - items[0]) if images is not None else len(items)
+    def run(self, t: ChunkTask) -> tuple:
+        """(chunk, ok per image, [(split index, reason)] of the skipped, their statistics)."""
+        n, size, channels = len(t.items), t.size, t.channels
         buf = np.empty((n, size, size, channels), np.uint8)
         ok = np.zeros(n, bool)
         skips = []
         for j in range(n):
             try:
-                if images is not None:
-                    buf[j] = convert_array(images[lo + j], size, channels)
+                image = t.items.read(j)
+                if isinstance(image, np.ndarray):
+                    buf[j] = convert_array(image, size, channels)
                 else:
-                    buf[j] = decode_image(read_file(items[j]), size, channels, min_side=min_side)
+                    buf[j] = decode_image(image, size, channels, min_side=t.min_side)
                 ok[j] = True
             except BadImage as exc:
-                skips.append((lo + j, str(exc)))
+                skips.append((t.start + j, str(exc)))
         acc = StatsAccumulator(size, channels)
         acc.add(buf[ok])
         for j in np.flatnonzero(ok):
-            s, r = divmod(lo + int(j), shard_rows)
-            self._shard(path, s)[r] = buf[j]
-        return k, ok, skips, acc
-
-
-def read_file(path: str) -> bytes:
-    """The bytes of an image file; unreadable files raise BadImage with the reason."""
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except PermissionError:
-        raise BadImage("unreadable (permission denied)") from None
-    except FileNotFoundError:
-        raise BadImage("broken symlink" if os.path.islink(path) else "file vanished") from None
-    except OSError as exc:
-        raise BadImage(f"unreadable ({exc.strerror or exc})") from None
+            s, r = divmod(t.start + int(j), t.shard_rows)
+            self._shard(t.out, s)[r] = buf[j]
+        return t.chunk, ok, skips, acc
 
 
 def convert_array(img: np.ndarray, size: int, channels: int) -> np.ndarray:

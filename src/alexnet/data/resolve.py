@@ -2,7 +2,9 @@
 
 `resolve_source(spec)` accepts
   a path            auto-detected: ImageNet layout (train/<wnid>/...), a cifar-10-batches-py
-                    folder, a folder of idx files (Fashion-MNIST, MNIST), or a class-per-folder tree;
+                    folder, a folder of idx files (Fashion-MNIST, MNIST), ImageNet's archives as
+                    downloaded (ILSVRC2012_img_train.tar, ..._img_val.tar, ..._devkit_t12.tar.gz;
+                    read in place), or a class-per-folder tree;
   fashion-mnist[:PATH]   Debian's /usr/share/datasets/fashion-mnist, PATH, or the upstream download;
   cifar10[:PATH]    CIFAR-10's python batches: PATH (cifar-10-python.tar.gz or the extracted
                     folder), else the official archive downloaded (md5 checked) into the cache;
@@ -14,14 +16,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DataError
-from . import arrays, cifar, imagenet
+from . import arrays, cifar, imagenet, imagenet_archives
 from .sources import Source, class_tree, hold_out
 
 
 def resolve_source(spec: str, *, val_fraction: float = 0.0, seed: int = 0, devkit: str | None = None,
-                   synsets: str | None = None, download_dir: str | None = None,
+                   synsets: str | None = None, download_dir: str | None = None, workers: int = 1,
                    progress: bool = True) -> Source:  # fmt: skip
-    """Parse a SOURCE argument into a Source; a missing or empty source is a DataError."""
+    """Parse a SOURCE argument into a Source; a missing or empty source is a DataError.
+
+    workers: processes for listing archives read in place (ImageNet's inner tars).
+    """
     kind, _, arg = spec.partition(":")
     if kind == "synthetic":
         source = arrays.synthetic(arg, spec)
@@ -35,6 +40,8 @@ def resolve_source(spec: str, *, val_fraction: float = 0.0, seed: int = 0, devki
         path = Path(spec)
         if not path.exists():
             raise DataError(f"source {spec} does not exist")
+        if not path.is_dir() and path.name in imagenet_archives.ARCHIVES:
+            raise DataError(f"source {spec} is a file: give the folder that holds ImageNet's archives ({path.parent})")
         if not path.is_dir():
             raise DataError(f"source {spec} is not a folder (the CIFAR-10 archive is read as cifar10:{spec})")
         if arrays.find_idx(path) is not None:
@@ -43,6 +50,9 @@ def resolve_source(spec: str, *, val_fraction: float = 0.0, seed: int = 0, devki
             source = cifar.cifar10(path)
         elif imagenet.looks_like_imagenet(path):
             source = imagenet.imagenet(path, devkit=devkit, synsets=synsets)
+        elif imagenet_archives.find_archives(path):
+            source = imagenet_archives.imagenet_archives(path, devkit=devkit, synsets=synsets, workers=workers,
+                                                         progress=progress)  # fmt: skip
         else:
             source = class_tree(path)
     if synsets and source.kind != "imagenet":

@@ -20,6 +20,9 @@ else with Pillow's lazy open (reads the header only).
 
 from __future__ import annotations
 
+import bisect
+import io
+import itertools
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -30,7 +33,8 @@ from PIL import Image
 
 from ..errors import DataError
 from ..progress import progress_bar
-from .sources import Source
+from .decode import BadImage
+from .sources import Items, Source
 
 try:
     import simplejpeg
@@ -62,22 +66,37 @@ def choose_size(source: Source, size: int | None, *, min_side: int = 1, workers:
         return SizeChoice(size, "--size")
     if source.native_size is not None:  # arrays: one size for all, known without reading anything
         return SizeChoice(source.native_size, "native", f"{source.kind} images are {source.native_size} px")
-    paths = [p for split in source.splits.values() for p in (split.paths or [])]
-    if not paths:
+    images = _Concat([split.items for split in source.splits.values() if split.items.encoded])
+    if not len(images):
         return SizeChoice(DEFAULT_SIZE, "default")
     with warnings.catch_warnings():
         # a header beyond Pillow's bomb limit only warns on a lazy open; decoding refuses the file
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        return _choose_from_headers(source.spec, paths, min_side, workers, progress)
+        return _choose_from_headers(source.spec, images, min_side, workers, progress)
 
 
-def _choose_from_headers(spec: str, paths: list[str], min_side: int, workers: int, progress: bool) -> SizeChoice:
-    step = max(1, len(paths) // SAMPLE)
-    for p in paths[::step][:SAMPLE]:
-        wh = image_size(p)
+class _Concat:
+    """Every split's encoded images as one sequence of (items, i), without listing them."""
+
+    def __init__(self, parts: list[Items]) -> None:
+        self.parts = parts
+        self.ends = list(itertools.accumulate(len(p) for p in parts))
+
+    def __len__(self) -> int:
+        return self.ends[-1] if self.ends else 0
+
+    def __getitem__(self, k: int) -> tuple[Items, int]:
+        part = bisect.bisect_right(self.ends, k)
+        return self.parts[part], k - (self.ends[part - 1] if part else 0)
+
+
+def _choose_from_headers(spec: str, images: _Concat, min_side: int, workers: int, progress: bool) -> SizeChoice:
+    step = max(1, len(images) // SAMPLE)
+    for k in range(0, len(images), step)[:SAMPLE]:
+        wh = image_size(*images[k])
         if wh is not None and min(wh) >= DEFAULT_SIZE:
             return SizeChoice(DEFAULT_SIZE, "default")
-    shorts = scan_short_sides(paths, workers=workers, progress=progress, stop_at=DEFAULT_SIZE)
+    shorts = scan_short_sides(images, workers=workers, progress=progress, stop_at=DEFAULT_SIZE)
     shorts = Counter({s: n for s, n in shorts.items() if s >= min_side})
     if not shorts or max(shorts) >= DEFAULT_SIZE:  # no readable image: decoding reports each file
         return SizeChoice(DEFAULT_SIZE, "default")
@@ -91,18 +110,18 @@ def _choose_from_headers(spec: str, paths: list[str], min_side: int, workers: in
                     f"the rest), --size {lo} only shrinks")  # fmt: skip
 
 
-def scan_short_sides(paths: Sequence[str], *, workers: int = 1, progress: bool = False,
+def scan_short_sides(images: Sequence[tuple[Items, int]], *, workers: int = 1, progress: bool = False,
                      stop_at: int | None = None) -> Counter[int]:  # fmt: skip
-    """short side -> count over the readable images among `paths` (headers only, in threads).
+    """short side -> count over the readable images among `images` ((items, i) pairs; headers only, in threads).
 
     stop_at: return as soon as a batch holds a short side this large (the rest is not read).
     """
     counts: Counter[int] = Counter()
-    batches = [paths[i : i + BATCH] for i in range(0, len(paths), BATCH)]
+    batches = [range(i, min(i + BATCH, len(images))) for i in range(0, len(images), BATCH)]
     pool = ThreadPoolExecutor(max(1, workers))  # threads: the reads wait on the disk outside the GIL
     try:
-        with progress_bar(total=len(paths), unit="img", desc="image sizes", disable=None if progress else True) as bar:
-            for batch, part in zip(batches, pool.map(_short_sides, batches)):
+        with progress_bar(total=len(images), unit="img", desc="image sizes", disable=None if progress else True) as bar:
+            for batch, part in zip(batches, pool.map(lambda b: _short_sides(images, b), batches)):
                 counts.update(part)
                 bar.update(len(batch))
                 if stop_at is not None and part and max(part) >= stop_at:
@@ -112,27 +131,36 @@ def scan_short_sides(paths: Sequence[str], *, workers: int = 1, progress: bool =
     return counts
 
 
-def _short_sides(paths: Sequence[str]) -> Counter[int]:
-    return Counter(min(wh) for wh in map(image_size, paths) if wh is not None)
+def _short_sides(images: Sequence[tuple[Items, int]], batch: range) -> Counter[int]:
+    return Counter(min(wh) for wh in (image_size(*images[k]) for k in batch) if wh is not None)
 
 
-def image_size(path: str) -> tuple[int, int] | None:
-    """(width, height) from the file's header, or None when it cannot be read (decoding reports why).
+def image_size(items: Items, i: int) -> tuple[int, int] | None:
+    """(width, height) of encoded image i from its header, or None when it cannot be read (decoding reports why).
 
     EXIF orientation may swap the two; the short side, all `choose_size` uses, stays the same.
     """
     try:
-        with open(path, "rb") as f:
-            head = f.read(HEADER_BYTES)
-            if head[:2] == b"\xff\xd8" and simplejpeg is not None:
-                try:
-                    h, w, _, _ = simplejpeg.decode_jpeg_header(head)
-                    return w, h
-                except ValueError:
-                    pass  # header beyond the first 64 KiB, or a JPEG simplejpeg refuses: Pillow below
-            f.seek(0)
-            with Image.open(f) as img:
-                return img.size
+        head = items.head(i, HEADER_BYTES)
+    except BadImage:
+        return None
+    if head[:2] == b"\xff\xd8" and simplejpeg is not None:
+        try:
+            h, w, _, _ = simplejpeg.decode_jpeg_header(head)
+            return w, h
+        except ValueError:
+            pass  # header beyond the first 64 KiB, or a JPEG simplejpeg refuses: Pillow below
+    try:
+        return _pillow_size(head)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        if len(head) < HEADER_BYTES:
+            return None
+    try:  # a header past the first 64 KiB (a TIFF's directory may sit at the end): the whole file
+        return _pillow_size(items.read(i))  # type: ignore[arg-type]
+    except (BadImage, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
 
+
+def _pillow_size(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as img:  # lazy: reads the header only
+        return img.size

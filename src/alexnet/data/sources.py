@@ -1,43 +1,153 @@
-"""What every reader produces: a `Source` (classes + splits of files or arrays), and the file listing they share.
+"""What every reader produces: a `Source` (classes + splits), the items protocol a split's images
+follow, and the file listing the readers share.
 
-The bottom of alexnet.data: the readers (folders here, arrays.py, cifar.py, imagenet.py) import
-it, resolve.py imports them, and nothing here imports any of them. Class index = sorted
+The bottom of alexnet.data: the readers (folders here, arrays.py, cifar.py, imagenet.py,
+imagenet_archives.py; tars.py reads members of tar archives) import it, resolve.py imports
+them, and nothing here imports any of them (only decode.py's BadImage). Class index = sorted
 class-id order (folder names / wnids), the torchvision/timm convention.
+
+A split's images are `Items`: a sequence whose `read(i)` gives image i either as the bytes of
+an encoded file, which prepare decodes (files on disk, members of an archive), or as an
+(H, W, C) uint8 array of pixels (idx files, CIFAR batches, synthetic images). Prepare and
+sizing use nothing else of a split's images, so a new way of holding them is one new `Items` class.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from ..errors import DataError
+from .decode import BadImage
 
 IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .png .webp .bmp .gif .tif .tiff .ppm .pgm .pbm .pnm .jfif".split()
 )
 WNID = re.compile(r"^n\d{8}$")
+Index = slice | np.ndarray  # what Items.take accepts: a chunk (slice) or a subset (int array)
+
+
+class Items(ABC):
+    """A split's images in order: `read(i)` is image i as encoded file bytes or as (H, W, C) uint8 pixels.
+
+    Implementations are small to pickle once `take` has cut them to a chunk: prepare sends each
+    worker only its chunk's items.
+    """
+
+    encoded: ClassVar[bool] = True  # read() gives file bytes to decode; False: pixel arrays
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def read(self, i: int) -> bytes | np.ndarray:
+        """Image i; an image that cannot be read raises BadImage with the reason for the report."""
+
+    @abstractmethod
+    def name(self, i: int) -> str:
+        """What report.tsv and the manifest call image i (a path, archive:member, or the index)."""
+
+    @abstractmethod
+    def take(self, idx: Index) -> Items:
+        """These images, in this order."""
+
+    @abstractmethod
+    def fingerprint(self, h: hashlib._Hash) -> None:
+        """Feed `h` what identifies these images (prepare's plan digest: resume or redo)."""
+
+    def head(self, i: int, n: int) -> bytes:
+        """The first `n` bytes of encoded image i (its header, for sizing without decoding)."""
+        data = self.read(i)
+        assert isinstance(data, bytes), "head() is for encoded items"
+        return data[:n]
+
+
+class FileItems(Items):
+    """Image files on disk, by path."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def read(self, i: int) -> bytes:
+        return read_file(self.paths[i])
+
+    def head(self, i: int, n: int) -> bytes:
+        return read_file(self.paths[i], n)
+
+    def name(self, i: int) -> str:
+        return self.paths[i]
+
+    def take(self, idx: Index) -> FileItems:
+        return FileItems(self.paths[idx] if isinstance(idx, slice) else [self.paths[i] for i in idx])
+
+    def fingerprint(self, h: hashlib._Hash) -> None:
+        h.update("\0".join(self.paths).encode())
+
+
+class ArrayItems(Items):
+    """Images already decoded: an (N, H, W, C) uint8 array."""
+
+    encoded = False
+
+    def __init__(self, images: np.ndarray) -> None:
+        assert images.ndim == 4 and images.dtype == np.uint8, (images.shape, images.dtype)
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def read(self, i: int) -> np.ndarray:
+        return self.images[i]
+
+    def name(self, i: int) -> str:
+        return str(i)
+
+    def take(self, idx: Index) -> ArrayItems:
+        return ArrayItems(self.images[idx])
+
+    def fingerprint(self, h: hashlib._Hash) -> None:
+        h.update(np.ascontiguousarray(self.images).data)
+
+
+def read_file(path: str, n: int = -1) -> bytes:
+    """The bytes of an image file (its first `n` when n >= 0); unreadable files raise BadImage with the reason."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except PermissionError:
+        raise BadImage("unreadable (permission denied)") from None
+    except FileNotFoundError:
+        raise BadImage("broken symlink" if os.path.islink(path) else "file vanished") from None
+    except OSError as exc:
+        raise BadImage(f"unreadable ({exc.strerror or exc})") from None
 
 
 @dataclass
 class Split:
-    """One split: either files to decode (`paths`) or images already decoded (`images`, (N,H,W,C) uint8)."""
+    """One split: its images (`items`) and their class indices."""
 
     name: str
     labels: np.ndarray
-    paths: list[str] | None = None
-    images: np.ndarray | None = None
+    items: Items
+
+    def __post_init__(self) -> None:
+        assert len(self.labels) == len(self.items), (self.name, len(self.labels), len(self.items))
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, name: str, idx: np.ndarray) -> Split:
-        paths = None if self.paths is None else [self.paths[i] for i in idx]
-        images = None if self.images is None else self.images[idx]
-        return Split(name, self.labels[idx], paths, images)
+        return Split(name, self.labels[idx], self.items.take(idx))
 
 
 @dataclass
@@ -56,6 +166,12 @@ class Source:
     @property
     def num_classes(self) -> int:
         return len(self.class_ids)
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a relative path names an image file that listings keep: an image extension, no hidden part."""
+    parts = name.split("/")
+    return not any(p.startswith(".") for p in parts) and os.path.splitext(parts[-1])[1].lower() in IMAGE_EXTENSIONS
 
 
 def list_images(folder: Path) -> list[str]:
@@ -83,7 +199,7 @@ def files_by_class(folder: Path, classes: list[str], split: str) -> Split:
             raise DataError(f"class folder {folder / c} has no images")
         paths += files
         labels += [i] * len(files)
-    return Split(split, np.asarray(labels, dtype=np.int64), paths=paths)
+    return Split(split, np.asarray(labels, dtype=np.int64), FileItems(paths))
 
 
 def class_tree(path: Path) -> Source:

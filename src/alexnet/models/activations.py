@@ -4,7 +4,7 @@ A layer is named either by its paper name ("conv1" ... "conv5", "pool5", "fc6", 
 "local3", ...), which means the layer's output after its nonlinearity (what the paper calls
 the layer's activations, e.g. fc7 = ReLU(W7 h6 + b7)), or by a module path from
 `model.named_modules()` ("features.conv1", "classifier.fc7", "features.norm1"), which means
-that module's raw output.
+that module's raw output. The paper names are the layers the model declares (`feature_info`).
 """
 
 from __future__ import annotations
@@ -14,23 +14,12 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from .spec import feature_info
 
 
 def paper_layers(model: nn.Module) -> dict[str, str]:
-    """Paper layer name -> module path whose output is that layer's activation."""
-    modules = dict(model.named_modules())
-    table: dict[str, str] = {}
-    for path in modules:
-        prefix, _, short = path.rpartition(".")
-        for kind in ("conv", "fc", "local"):
-            if short.startswith(kind) and short[len(kind) :].isdigit():
-                idx = short[len(kind) :]
-                act = f"{prefix}.act{idx}" if prefix else f"act{idx}"
-                table[short] = act if act in modules else path
-        if short.startswith("pool") and short[4:].isdigit():
-            table[short] = path
-    table.update(getattr(model, "paper_layer_paths", {}))
-    return table
+    """Paper layer name -> module path whose output is that layer's activation (feature_info)."""
+    return {layer.name: layer.module for layer in feature_info(model)}
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -75,10 +64,9 @@ def conv1_weight(model: nn.Module) -> Tensor:
 
 
 def towers(model: nn.Module) -> int:
-    """How many towers conv1's kernels feed (section 3.2): the groups of the next convolution, 1 if none.
+    """How many towers conv1's kernels feed (section 3.2), as the model declares (feature_info).
 
     conv2 sees conv1_maps / groups maps per kernel, so with groups=2 kernels [0, K/2) feed tower 1
     and [K/2, K) tower 2, the halves the paper's Fig. 3 shows apart.
     """
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    return convs[1].groups if len(convs) > 1 else 1
+    return feature_info(model).towers

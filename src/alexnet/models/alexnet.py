@@ -34,6 +34,7 @@ from .init import init_weights
 from .layers import IMAGE_LAYER_WEIGHT_GRAD_CHUNK, Conv2d, Dropout, ImageClassifier, Linear, make_activation, make_pool
 from .lrn import LocalResponseNorm
 from .registry import register_model
+from .spec import FeatureLayer, InputConfig, declare_layers
 
 CONV_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5")
 LRN_POSITIONS = ("before-pool", "after-pool")
@@ -102,11 +103,15 @@ def tile_pad(size: int, kernel: int, stride: int, padding: int) -> int:
 
 class AlexNet(ImageClassifier):
     """Module names follow the paper: `features.conv1`, `features.norm1`, `features.pool1`, ...,
-    `classifier.fc6`, ..., `classifier.fc8`; the paper net's shapes in the comments."""
+    `classifier.fc6`, ..., `classifier.fc8`; the paper net's shapes in the comments.
+
+    Built from an AlexNetConfig, which it does not keep: its one config is the create_model
+    options (`model.config`) that rebuild it."""
 
     def __init__(self, cfg: AlexNetConfig) -> None:
         super().__init__()
-        self.cfg = c = cfg
+        c = cfg
+        self.conv1_geometry = (c.kernels[0], c.strides[0], c.paddings[0])  # (kernel, stride, padding): the tile pad
         i1, i2, i3, i4, i5 = c.conv_inputs()
 
         def conv(idx: int, cin: int, weight_grad_chunk: int | None = None) -> Conv2d:
@@ -149,14 +154,17 @@ class AlexNet(ImageClassifier):
         self.classifier = nn.Sequential(OrderedDict(head))
 
         self.num_classes, self.input_size = c.num_classes, c.input_size
+        self.feature_layers = _paper_layers(self, c)
         bias_one = {"conv2", "conv4", "conv5"} | {f"fc{6 + i}" for i in range(len(c.fc))}
         init_weights(self, c.init, bias_one=bias_one)
 
+    def input_padding(self, size: int) -> int:
+        """Right/bottom zero padding conv1 needs to tile a `size` input exactly (224 -> 227)."""
+        return tile_pad(size, *self.conv1_geometry)
+
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, C, H, W) image batch -> pool5 maps, (B, 256, 6, 6) for the paper net."""
-        c = self.cfg
-        ph = tile_pad(x.shape[-2], c.kernels[0], c.strides[0], c.paddings[0])
-        pw = tile_pad(x.shape[-1], c.kernels[0], c.strides[0], c.paddings[0])
+        ph, pw = self.input_padding(x.shape[-2]), self.input_padding(x.shape[-1])
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph))  # 224 -> 227
         return self.features(x)
@@ -186,6 +194,26 @@ def _output_shape(features: nn.Sequential, c: AlexNetConfig) -> tuple[int, int, 
     return channels, size, size
 
 
+# The paper's layers by name: the output of each conv layer's ReLU, the max-pools, fc6/fc7 after
+# their ReLU, fc8's logits (section 6.1 calls fc7 the image's 4096-d descriptor).
+_CONV_OUTPUTS = {f"act{i}": f"conv{i}" for i in range(1, 6)} | {f"pool{i}": f"pool{i}" for i in (1, 2, 5)}
+
+
+def _paper_layers(model: AlexNet, c: AlexNetConfig) -> tuple[FeatureLayer, ...]:
+    """conv1..conv5, pool1, pool2, pool5, fc6, fc7, fc8, with their towers: a layer's maps are split
+    where it or the next convolution reading them is grouped (the paper net's conv1..conv5, pool5)."""
+    convs = [n for n in CONV_NAMES if n != c.drop_layer]
+    groups = [c.groups[CONV_NAMES.index(n)] for n in convs]
+    towers = {n: max(groups[i], groups[i + 1] if i + 1 < len(convs) else 1) for i, n in enumerate(convs)}
+    for pool, before in (("pool1", 1), ("pool2", 2), ("pool5", 5)):  # a pool holds the maps of the last conv before it
+        towers[pool] = towers[[n for n in convs if n in CONV_NAMES[:before]][-1]]
+    paths = [(name, f"features.{m}") for m, _ in model.features.named_children() if (name := _CONV_OUTPUTS.get(m))]
+    for n in range(6, 6 + len(c.fc)):  # fc6, fc7: after their ReLU
+        paths.append((f"fc{n}", f"classifier.act{n}"))
+    last_fc = f"fc{6 + len(c.fc)}"
+    return declare_layers(model, [*paths, (last_fc, f"classifier.{last_fc}")], towers)
+
+
 PAPER = AlexNetConfig()
 ONE_GPU = replace(PAPER, groups=(1, 1, 1, 1, 1))
 CAFFENET = replace(PAPER, lrn_position="after-pool", lrn_convention="per-term", lrn_k=1.0, input_size=227)
@@ -198,17 +226,20 @@ OPTIONS = ("num_classes", "in_chans", "activation", "lrn", "lrn_convention", "lr
            "lrn_k", "pooling", "dropout", "drop_layer", "init", "input_size")  # fmt: skip
 
 
-def _register(name: str, description: str, base: AlexNetConfig, options: tuple[str, ...] = OPTIONS) -> None:
+def _register(name: str, description: str, base: AlexNetConfig, options: tuple[str, ...] = OPTIONS,
+              data: InputConfig | None = None) -> None:  # fmt: skip
     defaults: dict[str, Any] = {name: getattr(base, name) for name in options}
 
     def build(**opts: Any) -> AlexNet:
         return AlexNet(replace(base, **opts))
 
-    register_model(name, description, defaults)(build)
+    register_model(name, description, defaults, data=data)(build)
 
 
 _register("alexnet", "the paper's two-tower net (groups=2 on conv2/4/5), LRN, 3x3/2 pooling; 60,965,224 params", PAPER)
 _register("alexnet-1gpu", "the paper's net without groups (the one-GPU retelling); 62,378,344 params", ONE_GPU)
 _register("caffenet", "Caffe's CaffeNet: pool before LRN, Caffe's LRN constants (alpha/n, k=1), 227 input", CAFFENET)
+# The ImageNet nets take the registry's default input: 224 (caffenet 227) crops of 256 px images,
+# unnormalised until training sets the store's mean. The small net takes its images whole.
 _register("alexnet-small", "the paper's topology for 28-32 px images (Fashion-MNIST, CIFAR-10), any channel count",
-          SMALL, OPTIONS + ("widths", "fc", "groups", "lrn_position"))  # fmt: skip
+          SMALL, OPTIONS + ("widths", "fc", "groups", "lrn_position"), data=InputConfig(resize=None))  # fmt: skip

@@ -45,8 +45,13 @@ from .init import init_weights
 from .layers import ImageClassifier, Linear, LocallyConnected2d, make_activation, make_pool
 from .lrn import LocalResponseNorm
 from .registry import register_model
+from .spec import InputConfig, declare_layers
 
 _CFG_STD = {"conv1": 1e-4, "conv2": 0.01, "conv3": 0.01, "local3": 0.04, "local4": 0.04, "fc10": 0.01}
+
+# CIFAR-10's 32 px images, taken whole (cifar-18pct) or centre-cropped to the input size (conv-local
+# at 24, as cuda-convnet tests it); unnormalised until training sets the store's mean.
+CIFAR_INPUT = InputConfig(input_size=32, in_chans=3, resize=32)
 
 
 class SameMapNorm(nn.Module):
@@ -100,10 +105,16 @@ class Cifar18pct(ImageClassifier):
         self.feature_shape = (64, size, size)
         self.classifier = nn.Sequential(OrderedDict(fc10=Linear(64 * size * size, num_classes)))  # 1024 -> 10
         self.num_classes = num_classes
+        # conv1 is read after pool1's ReLU, where the cfg puts conv1's neuron
+        self.feature_layers = declare_layers(self, [("conv1", "features.act1"), ("pool1", "features.pool1"),
+                                                    ("conv2", "features.act2"), ("pool2", "features.pool2"),
+                                                    ("conv3", "features.act3"), ("pool3", "features.pool3"),
+                                                    ("fc10", "classifier.fc10")])  # fmt: skip
         init_weights(self, init, std=_CFG_STD)
 
 
-@register_model("cifar-18pct", "cuda-convnet's layers-18pct: 3 conv + fc10, the four-layer CIFAR-10 net of Fig. 1")
+@register_model("cifar-18pct", "cuda-convnet's layers-18pct: 3 conv + fc10, the four-layer CIFAR-10 net of Fig. 1",
+                data=CIFAR_INPUT)
 def cifar_18pct(*, num_classes: int = 10, in_chans: int = 3, input_size: int = 32, activation: str = "relu",
                 lrn: bool = True, init: str = "paper") -> Cifar18pct:  # fmt: skip
     return Cifar18pct(num_classes=num_classes, in_chans=in_chans, input_size=input_size, activation=activation, lrn=lrn,
@@ -148,10 +159,15 @@ class ConvLocalNet(ImageClassifier):
         self.feature_shape = (channels, size, size)
         self.classifier = nn.Sequential(OrderedDict(fc10=Linear(channels * size * size, num_classes)))
         self.num_classes = num_classes
+        self.feature_layers = declare_layers(self, [("conv1", "features.act1"), ("pool1", "features.pool1"),
+                                                    ("conv2", "features.act2"), ("pool2", "features.pool2"),
+                                                    ("local3", "features.act3"), ("local4", "features.act4"),
+                                                    ("fc10", "classifier.fc10")])  # fmt: skip
         init_weights(self, init, std=_CFG_STD)
 
 
-@register_model("conv-local", "cuda-convnet's conv-local 11%/13% CIFAR-10 net (2 conv, 2 locally connected, fc10), section 3.3")
+@register_model("conv-local", "cuda-convnet's conv-local 11%/13% CIFAR-10 net (2 conv, 2 locally connected, fc10), section 3.3",
+                data=CIFAR_INPUT)
 def conv_local(
     *,
     num_classes: int = 10,

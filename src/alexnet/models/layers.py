@@ -321,10 +321,17 @@ class LocallyConnected2d(nn.Module):
 
 class ImageClassifier(nn.Module):
     """`features` (conv part) then `classifier` (fc part) on the flattened maps; `forward_features` and
-    `forward_head` run the halves apart (as timm's models do), e.g. for pool5 or fc7 features."""
+    `forward_head` run the halves apart (as timm's models do), e.g. for pool5 or fc7 features.
+
+    Each model declares its named layers in `__init__` as `feature_layers` (models/spec.py)."""
 
     features: nn.Module
     classifier: nn.Module
+    feature_layers: tuple  # of spec.FeatureLayer
+
+    def input_padding(self, size: int) -> int:
+        """Right/bottom zero padding the model adds to a `size` input before its first layer."""
+        return 0
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.features(x)

@@ -17,6 +17,7 @@ from .init import init_weights
 from .layers import IMAGE_LAYER_WEIGHT_GRAD_CHUNK, Conv2d, Dropout, ImageClassifier, Linear, make_activation, make_pool
 from .lrn import LocalResponseNorm
 from .registry import register_model
+from .spec import IMAGENET_MEAN, IMAGENET_STD, InputConfig, declare_layers
 
 
 class ActNorm(nn.Sequential):
@@ -26,13 +27,19 @@ class ActNorm(nn.Sequential):
         super().__init__(make_activation(activation), *([lrn] if lrn is not None else []))
 
 
+# paper layer name -> the module whose output is its activation (torchvision's indices)
+PAPER_LAYERS = (
+    ("conv1", "features.1.0"), ("conv2", "features.4.0"), ("conv3", "features.7"), ("conv4", "features.9"),
+    ("conv5", "features.11"), ("pool5", "features.12"), ("fc6", "classifier.2"), ("fc7", "classifier.5"),
+    ("fc8", "classifier.6"),
+)  # fmt: skip
+# torchvision's AlexNet_Weights.IMAGENET1K_V1 transform: short side 256, centre 224, 0-1, ImageNet mean/std
+TORCHVISION_INPUT = InputConfig(input_size=224, in_chans=3, resize=256, scale=1 / 255, mean=IMAGENET_MEAN,
+                                std=IMAGENET_STD)  # fmt: skip
+
+
 class AlexNetOWT(ImageClassifier):
-    # paper layer name -> module path of its activation (see models/activations.py)
-    paper_layer_paths = {
-        "conv1": "features.1.0", "conv2": "features.4.0", "conv3": "features.7", "conv4": "features.9",
-        "conv5": "features.11", "pool5": "features.12", "fc6": "classifier.2", "fc7": "classifier.5",
-        "fc8": "classifier.6",
-    }  # fmt: skip
+    """torchvision's module layout and indices; its named layers are PAPER_LAYERS."""
 
     def __init__(
         self,
@@ -77,6 +84,7 @@ class AlexNetOWT(ImageClassifier):
             Linear(4096, num_classes),  # 6: fc8
         )
         self.num_classes = num_classes
+        self.feature_layers = declare_layers(self, PAPER_LAYERS)
         init_weights(self, init, bias_one=())
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -84,7 +92,8 @@ class AlexNetOWT(ImageClassifier):
 
 
 
-@register_model("alexnet-owt", "torchvision's AlexNet (one weird trick layout, torchvision keys); 61,100,840 params")
+@register_model("alexnet-owt", "torchvision's AlexNet (one weird trick layout, torchvision keys); 61,100,840 params",
+                data=TORCHVISION_INPUT)
 def alexnet_owt(
     *,
     num_classes: int = 1000,

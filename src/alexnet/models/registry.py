@@ -1,8 +1,10 @@
-"""Model registry: `create_model(name, num_classes, **options)` and `list_models()`."""
+"""Model registry: `create_model(name, num_classes, **options)`, `list_models()`, and each model's
+declared input (`input_config(model)`: size, channels, test-time resize, default normalisation)."""
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -10,6 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .spec import InputConfig
 
 
 @dataclass(frozen=True)
@@ -18,20 +21,27 @@ class ModelEntry:
     factory: Callable[..., nn.Module]
     description: str
     defaults: dict[str, Any]
+    data: InputConfig  # at the default options
 
     def options(self) -> dict[str, Any]:
         """Every option the model takes, with its default (num_classes included)."""
         return dict(self.defaults)
+
+    def input_config(self, options: Mapping[str, Any] | None = None) -> InputConfig:
+        """The input of this model built with `options` (the rest at their defaults)."""
+        return self.data.resolved({**self.defaults, **(options or {})})
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(
-    name: str, description: str, defaults: dict[str, Any] | None = None
+    name: str, description: str, defaults: dict[str, Any] | None = None, *, data: InputConfig | None = None
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register `factory(**options)`. `defaults` lists every option; by default the factory's
-    keyword-only parameters and their defaults."""
+    keyword-only parameters and their defaults. `data` declares the model's input (default: 224
+    px, 3 channels, from 256 px images, unnormalised); its `input_size` and `in_chans` are the
+    options of those names where the model has them."""
 
     def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         assert name not in _REGISTRY, f"model {name} registered twice"
@@ -40,7 +50,10 @@ def register_model(
             sig = inspect.signature(factory)
             opts = {p.name: p.default for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY}
         assert "num_classes" in opts, f"model {name}: options must include num_classes"
-        _REGISTRY[name] = ModelEntry(name, factory, description, dict(opts))
+        declared = data or InputConfig()
+        resolved = declared.resolved(opts)
+        assert resolved.in_chans == declared.in_chans or declared.mean is None, f"model {name}: mean for other channels"
+        _REGISTRY[name] = ModelEntry(name, factory, description, dict(opts), resolved)
         return factory
 
     return wrap
@@ -52,6 +65,7 @@ def list_models() -> list[str]:
 
 
 def model_entry(name: str) -> ModelEntry:
+    """The registry entry of `name`; ConfigError naming the valid models."""
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -64,8 +78,9 @@ def create_model(name: str, num_classes: int | None = None, **options: Any) -> n
     `num_classes` defaults to the model's own default (1000 for the ImageNet nets, 10 for the
     small ones).
 
-    The returned module carries `arch` (the name) and `config` (every option, resolved), enough
-    to rebuild it: `create_model(m.arch, **m.config)`.
+    The returned module carries `arch` (the name) and `config` (every option, resolved: its one
+    config, what checkpoints store), enough to rebuild it: `create_model(m.arch, **m.config)`.
+    `input_config(m)` and `feature_info(m)` read what it declares about its input and layers.
     """
     entry = model_entry(name)
     valid = entry.options()
@@ -82,6 +97,16 @@ def create_model(name: str, num_classes: int | None = None, **options: Any) -> n
     model.arch = name  # type: ignore[assignment]
     model.config = resolved  # type: ignore[assignment]
     return model
+
+
+def input_config(model: nn.Module) -> InputConfig:
+    """The input `model` is built for, resolved from its arch and options (InputConfig): what
+    summary, the benchmarks and a checkpoint saved without a preprocess use. A module not built
+    by create_model declares none: ConfigError."""
+    arch, config = getattr(model, "arch", None), getattr(model, "config", None)
+    if arch is None or not isinstance(config, Mapping):
+        raise ConfigError(f"{type(model).__name__} was not built by create_model: it declares no input size")
+    return model_entry(arch).input_config(config)
 
 
 def empty_model(name: str, num_classes: int | None = None, **options: Any) -> nn.Module:

@@ -86,9 +86,9 @@ class TwoTowerAlexNet(nn.Module):
         self.devices = (torch.device(devices[0]), torch.device(devices[1]))
         self.lrn_exchange = lrn_exchange
         self.arch: str | None = getattr(model, "arch", None)
-        self.config: dict[str, Any] = dict(getattr(model, "config", {}))
+        self.config: dict[str, Any] = dict(getattr(model, "config", {}))  # the grouped model's: input_config reads it
         self.num_classes, self.input_size, self.feature_shape = model.num_classes, model.input_size, model.feature_shape
-        self.conv1 = (model.cfg.kernels[0], model.cfg.strides[0], model.cfg.paddings[0])  # (kernel, stride, padding)
+        self.conv1 = model.conv1_geometry  # (kernel, stride, padding)
         self.towers = nn.ModuleList([nn.ModuleDict(), nn.ModuleDict()])
         self.plan: list[tuple[str, str]] = []  # (module name, kind) of the conv part
         self.head_plan: list[tuple[str, str]] = []  # the same for the fc part

@@ -6,7 +6,8 @@ run's training curves.
     explorer.py   what is shown, computed with the inference path (alexnet.inference) only
     index.py      the fc7 neighbour index: built on first use, cached beside the run, exact search
     images.py     uploads checked and decoded, PNG encodings, the view mapped back to pixels
-    app.py        the Starlette app: routes, upload parsing, JSON errors
+    api.py        the API as one table: each endpoint's path, parameters, handler and doc line
+    app.py        the Starlette app built from that table: parameter checks, uploads, JSON errors
     server.py     uvicorn, Ctrl-C
     static/       the page (HTML, CSS, JS; nothing fetched from outside the machine)
 """

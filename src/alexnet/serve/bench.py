@@ -134,7 +134,9 @@ class Server:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "alexnet", "serve", str(checkpoint), "--port", str(self.port), "--threads", str(threads)]
+        # --device cpu: serve's default is auto, and these are CPU figures like every other bench's
+        cmd = [sys.executable, "-m", "alexnet", "serve", "--checkpoint", str(checkpoint), "--device", "cpu",
+               "--port", str(self.port), "--threads", str(threads)]  # fmt: skip
         cmd += ["--data", str(data)] if data else []
         self.log = log
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "w"))  # noqa: SIM115 (closed with the process)

@@ -6,8 +6,9 @@ uploads. Every method is synchronous and may take tens of milliseconds: the web 
 in worker threads. One lock serialises the model: `activations` hooks the model's modules while
 it runs, so two forwards at once would see each other's hooks.
 
-The module is one class of short methods, one per thing the API answers (~420 lines); the
-image decoding and encoding (images.py) and the neighbour index (index.py) live apart.
+The module is one class of short methods, one per thing the API answers (~410 lines); the API
+table that calls them and checks their parameters (api.py), the image decoding and encoding
+(images.py) and the neighbour index (index.py) live apart.
 """
 
 from __future__ import annotations
@@ -29,14 +30,15 @@ from .. import figures
 from ..data.store import Store, open_split
 from ..errors import AlexNetError, ConfigError, DataError
 from ..inference import Predictor
-from ..models.activations import paper_layers, towers
+from ..models import feature_info
 from ..summary import summarize
 from ..train.rundir import RunDir
 from . import images
 from .images import UploadError
 from .index import INDEX_MEMORY, IndexBuilder
 
-SCALES = ("map", "layer")
+SCALES = ("map", "layer")  # activation maps scaled each to its own maximum, or the whole layer to one
+VIEW_KINDS = ("pixels", "normalized")
 MAX_K = 100  # classes or neighbours one request may ask for
 UPLOADS_KEPT = 64  # decoded uploads remembered by id (the paper net's are 196 KB each)
 
@@ -55,7 +57,7 @@ class ServeOptions:
 
     data: str | None = None  # prepared dataset (or one split) for store images and neighbours
     layer: str = "fc7"  # the neighbour feature (the paper's Fig. 4)
-    device: str = "cpu"
+    device: str = "auto"  # CUDA when there is one, else the CPU (runtime.resolve_device)
     max_upload_bytes: int = images.MAX_UPLOAD_BYTES
     max_upload_pixels: int = images.MAX_UPLOAD_PIXELS
     index_memory: int = INDEX_MEMORY  # bfloat16 bytes for the fast neighbour scan (0: neighbors.search alone)
@@ -76,7 +78,7 @@ class Picked:
     """An image the client chose: uint8 (C, S, S), its key, and where it came from."""
 
     pixels: Tensor
-    key: str  # "test:12" or "upload:<sha256 prefix>"
+    key: str  # "test:12" or "upload:<sha256 prefix>": made and read back by the Explorer only
     store_index: int | None = None
     label: int | None = None
 
@@ -92,7 +94,8 @@ class Explorer:
         self.predictor = Predictor.load(source, device=opts.device)
         self.model_lock = threading.Lock()
         self.started = time.time()
-        self.towers = towers(self.predictor.model)
+        self.named_layers = feature_info(self.predictor.model)  # what the model declares: names, towers
+        self.towers = self.named_layers.towers
         self.layers, self._logits = self._layer_table()  # _logits: the layer whose softmax is the top-k, or None
         self._uploads: OrderedDict[str, Tensor] = OrderedDict()
         self._uploads_lock = threading.Lock()
@@ -104,7 +107,8 @@ class Explorer:
 
     # ---------------------------------------------------------------- set-up
     def _layer_table(self) -> tuple[list[dict[str, Any]], str | None]:
-        """Every paper layer with its output shape (one forward of a probe image) and its display kind.
+        """Every declared layer with its output shape (one forward of a probe image), its display
+        kind and its towers.
 
         Also decides whether one forward can answer both the top-k and the activations: when the
         last layer's output is the model's output (true of every registered model), its softmax is
@@ -112,17 +116,15 @@ class Explorer:
         pp = self.predictor.preprocess
         g = torch.Generator().manual_seed(0)
         probe = torch.randint(0, 256, (1, pp.in_chans, pp.resize, pp.resize), generator=g).to(torch.uint8)
-        names = list(paper_layers(self.predictor.model))
+        names = self.named_layers.names
         with self.model_lock:
             acts = self.predictor.activations(probe, names)
             probs = self.predictor.probs(probe)
         logits = names[-1] if torch.equal(_softmax(acts[names[-1]]), probs) else None
         table = []
-        for name in names:
-            shape = list(acts[name].shape[1:])
-            kind = "maps" if len(shape) == 3 else "vector"
-            split = self.towers if kind == "maps" and self.towers > 1 and shape[0] % self.towers == 0 else 1
-            table.append({"name": name, "shape": shape, "kind": kind, "towers": split})
+        for layer in self.named_layers:
+            table.append({"name": layer.name, "shape": list(acts[layer.name].shape[1:]),
+                          "kind": "maps" if layer.is_map else "vector", "towers": layer.towers})  # fmt: skip
         return table, logits
 
     def _stores(self, opts: ServeOptions) -> tuple[Store | None, Store | None, IndexBuilder | None]:
@@ -135,7 +137,7 @@ class Explorer:
             database = pick
         for store in {pick.path: pick, database.path: database}.values():
             self.predictor.check_store(store)
-        if opts.layer not in paper_layers(self.predictor.model):
+        if opts.layer not in self.named_layers:
             return pick, database, None
         index = IndexBuilder(self.source, opts.data, database, opts.layer, device=str(self.predictor.device),
                              memory=opts.index_memory, progress=opts.index_progress)  # fmt: skip
@@ -149,7 +151,7 @@ class Explorer:
             out["neighbors"] = "no --data STORE given: no training images to search for neighbours"
         elif self.index is None:
             out["neighbors"] = (f"this model has no layer {self.options.layer!r} "
-                                f"(layers: {', '.join(paper_layers(self.predictor.model))}); pass --layer")  # fmt: skip
+                                f"(layers: {', '.join(self.named_layers.names)}); pass --layer")  # fmt: skip
         if self.run is None:
             out["run"] = f"{self.source} is a checkpoint file, not a run folder: no training curves"
         return out
@@ -162,6 +164,13 @@ class Explorer:
         row = store.read(np.array([index]))[0]  # (S, S, C)
         return Picked(torch.from_numpy(row).permute(2, 0, 1).contiguous(), f"{store.path.name}:{index}", index,
                       int(store.labels[index]))  # fmt: skip
+
+    def image(self, key: str) -> Picked:
+        """The image an earlier answer named `key`: "SPLIT:N" (store_image's key) or "upload:<hash>" (upload's)."""
+        split, _, number = key.partition(":")
+        if self.pick_store is not None and split == self.pick_store.path.name and number.isascii() and number.isdigit():
+            return self.store_image(int(number))
+        return self.uploaded(key)
 
     def upload(self, data: bytes) -> Picked:
         """Decode an uploaded file (UploadError when refused) and remember it under its content hash."""
@@ -191,9 +200,9 @@ class Explorer:
         return self.pick_store
 
     # ---------------------------------------------------------------- the model's answers
+    # Values come checked by the API table (api.py): k in 1..MAX_K, scale in SCALES, kind in VIEW_KINDS.
     def classify(self, picked: Picked, k: int = 5) -> dict[str, Any]:
         """Top-k classes through `Predictor.probs`, the path `alexnet predict` takes."""
-        k = _check_k(k)
         with self.model_lock:
             probs = self.predictor.probs(picked.pixels[None])
         return {**self._describe(picked), "top": self._top(probs, k)}
@@ -201,7 +210,6 @@ class Explorer:
     def explore(self, picked: Picked, k: int = 5, scale: str = "map") -> dict[str, Any]:
         """Everything the page shows about one image in one answer: top-k, the view the network
         sees, and every layer's activations as palette PNGs (data URLs), towers apart."""
-        k, scale = _check_k(k), _check_scale(scale)
         names = [layer["name"] for layer in self.layers]
         x = picked.pixels[None]
         with self.model_lock:
@@ -235,7 +243,6 @@ class Explorer:
 
     def layer_png(self, picked: Picked, layer: str, scale: str = "map") -> bytes:
         """One layer as one PNG: the towers' mosaics side by side for maps, a strip for vectors."""
-        scale = _check_scale(scale)
         info = self.layer(layer)
         act = self.activations(picked, layer)
         parts = self._layer_arrays(info, act, scale)
@@ -247,8 +254,6 @@ class Explorer:
         return images.png(np.concatenate([x for p in padded for x in (p, gap)][:-1], axis=1), images.PALETTE)
 
     def view_png(self, picked: Picked, kind: str = "pixels") -> bytes:
-        if kind not in ("pixels", "normalized"):
-            raise ConfigError(f"kind must be pixels or normalized, got {kind!r}")
         view = self.predictor.views("center")(picked.pixels[None].to(self.predictor.device))[0, 0].cpu()
         fn = images.view_pixels if kind == "pixels" else images.view_contrast
         return images.png(fn(view, self.predictor.preprocess))
@@ -284,7 +289,6 @@ class Explorer:
     # ---------------------------------------------------------------- neighbours (Fig. 4)
     def neighbors(self, picked: Picked, k: int = 8, *, thumbnails: bool = True) -> tuple[dict[str, Any], bool]:
         """(answer, ready). Not ready: the index is being built (the answer says how far)."""
-        k = _check_k(k)
         if self.index is None:
             raise Unavailable(self.missing["neighbors"])
         index = self.index.ready()
@@ -384,8 +388,6 @@ class Explorer:
         store = self._need_store()
         if start < 0 or start >= len(store):
             raise NotFound(f"start {start} is out of range: the {store.path.name} split has {len(store)} images")
-        if not 1 <= count <= 200:
-            raise ConfigError(f"count must be between 1 and 200, got {count}")
         idx = np.arange(start, min(start + count, len(store)))
         rows = store.read(idx)
         names = store.class_names
@@ -406,18 +408,6 @@ class Explorer:
 def _softmax(logits: Tensor) -> Tensor:
     """inference.predict_probs' arithmetic for one view, on the CPU."""
     return logits.float().softmax(dim=1).cpu()
-
-
-def _check_k(k: int) -> int:
-    if not 1 <= k <= MAX_K:
-        raise ConfigError(f"k must be between 1 and {MAX_K}, got {k}")
-    return k
-
-
-def _check_scale(scale: str) -> str:
-    if scale not in SCALES:
-        raise ConfigError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
-    return scale
 
 
 __all__ = ["Explorer", "NotFound", "Picked", "ServeOptions", "Unavailable", "UploadError"]

@@ -1,9 +1,10 @@
 """The training loop: the paper's recipe end to end, resumable to the exact step.
 
 Exact resume: the data order depends only on (seed, epoch), the augmentation of step s only
-on (seed, s), and the checkpoint holds model, optimizer velocity, schedule, epoch, batch,
-step and the global RNG (dropout). A run killed at any moment and resumed from `last.pt`
-therefore repeats exactly the steps since that checkpoint and ends with the same weights.
+on (seed, s) (data/augment.py says how), and the checkpoint holds model, optimizer velocity,
+schedule, epoch, batch, step and the global RNG (dropout). A run killed at any moment and
+resumed from `last.pt` therefore repeats exactly the steps since that checkpoint and ends with
+the same weights.
 
 Validation: on `data.val_split` (default "val", held out from train by `prepare
 --val-fraction`), which keeps `best.pt` and drives the plateau schedule. A dataset without it
@@ -14,8 +15,9 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ from ..evaluate import EvalResult, evaluate_batches
 from ..models import create_model, model_entry
 from ..preprocess import Preprocess, TrainTransform, eval_views
 from ..progress import progress_bar
-from ..runtime import tune_allocator
+from ..runtime import cpu_info, emulated_bf16_note, resolve_precision, tune_allocator
 from . import distributed
 from .optim import Schedule, make_optimizer, set_lr
 from .placement import Placement, unwrap
@@ -130,11 +132,12 @@ class Trainer:
         self.run = RunDir(out)
         self.progress = progress
         self.cfg, data_path, self.resume_ckpt = self._resume_point(cfg, Path(data), resume)
-        cfg = self.cfg
-        self.placement = Placement.choose(cfg, model_parallel)
+        self.placement = Placement.choose(self.cfg, model_parallel)
         self.device, self.dist, self.memory_format = self.placement.device, self.placement.dist, self.placement.memory_format
+        # the run records the precision it trains in (a resumed run keeps the one it started with)
+        self.requested_precision = self.cfg.precision
+        self.cfg = cfg = replace(self.cfg, precision=resolve_precision(self.cfg.precision, self.device))
         self.autocast = autocast_dtype(cfg, self.device)
-        self._generator = torch.Generator(device=self.device)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(cfg.seed)
@@ -212,9 +215,8 @@ class Trainer:
         set_lr(self.optimizer, self.schedule.lr(st.step))
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
-        gen = self._generator.manual_seed(cfg.seed * 1_000_003 + st.step)  # step s's augmentation depends on (seed, s) only
         # the loader and transform hand over channels_last; the model decides the layout
-        x = self.train_tf(images, gen).contiguous(memory_format=self.memory_format)
+        x = self.train_tf(images, cfg.seed, st.step).contiguous(memory_format=self.memory_format)
         with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
             logits = self.net(x)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.optim.label_smoothing)
@@ -240,9 +242,15 @@ class Trainer:
         cfg, run = self.cfg, self.run
         if self.dist.is_main:
             run.lock()
+            print(self.headline(), file=sys.stderr, flush=True)  # the run's first line, progress bar or not
+            note = emulated_bf16_note(cfg.precision, self.device)
+            if note:
+                print(f"note: {note}", file=sys.stderr, flush=True)
             run.enable_tensorboard()
             if self.resume_ckpt is None:
-                run.write_config(cfg.to_dict(), {"data_path": str(self.data.path)}, str(self.device))
+                precision = {"requested": self.requested_precision, "resolved": cfg.precision}
+                run.write_config(cfg.to_dict(), {"data_path": str(self.data.path)}, str(self.device),
+                                 env_extra={"precision": precision})  # fmt: skip
                 run.log({"event": "start", "step": 0})
             else:
                 run.truncate_metrics(self.state.step)
@@ -252,6 +260,17 @@ class Trainer:
         finally:
             run.unlock()
             self.placement.close()
+
+    def headline(self) -> str:
+        """The run in one line: what trains, where, in which precision (and why), how long."""
+        cfg = self.cfg
+        where = f"{self.device}" + (f" ({cpu_info().describe()})" if self.device.type == "cpu" else "")
+        why = " by precision auto" if self.requested_precision == "auto" else ""
+        layout = "channels_last" if self.memory_format == torch.channels_last else "NCHW"
+        steps = len(self.loader) * cfg.epochs if not cfg.max_steps else min(cfg.max_steps, len(self.loader) * cfg.epochs)
+        verb = "resuming" if self.resume_ckpt is not None else "training"
+        return (f"{verb} {cfg.model.arch} on {where}: precision {cfg.precision}{why}, {layout}, batch {cfg.batch_size}, "
+                f"{cfg.epochs} epochs ({steps:,} steps)")
 
     def _fit(self) -> dict[str, Any]:
         cfg, st = self.cfg, self.state

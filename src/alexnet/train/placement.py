@@ -17,7 +17,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..errors import ConfigError
 from ..parallel.model_parallel import TwoTowerAlexNet, split_towers
-from ..runtime import resolve_device
+from ..runtime import compile_model, resolve_device
 from . import distributed
 from .distributed import DistInfo
 
@@ -62,7 +62,7 @@ class Placement:
         if self.kind == "ddp":
             ids = [self.device.index] if self.device.type == "cuda" else None
             net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
-        return torch.compile(net) if compile else net  # type: ignore[return-value]
+        return compile_model(net) if compile else net  # type: ignore[no-any-return]
 
     # ---------------------------------------------------------------- the checkpoint layout
     def state_dict(self, net: nn.Module) -> dict[str, torch.Tensor]:

@@ -75,9 +75,10 @@ class RunDir:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def write_config(self, config: dict[str, Any], extra: dict[str, Any], device: str) -> None:
+    def write_config(self, config: dict[str, Any], extra: dict[str, Any], device: str,
+                     env_extra: dict[str, Any] | None = None) -> None:  # fmt: skip
         (self.path / "config.yaml").write_text(yaml.safe_dump({**config, **extra}, sort_keys=False))
-        env = environment(device)
+        env = {**environment(device), **(env_extra or {})}
         env["argv"] = sys.argv
         for lib in ("numpy", "PIL", "simplejpeg"):
             try:

@@ -36,7 +36,7 @@ ABLATION_EPOCHS = 10
 FIG1 = ("optim.name=paper-sgd", "optim.momentum=0.9", "optim.weight_decay=0.0", "optim.schedule=constant",
         "optim.warmup_epochs=0", "optim.label_smoothing=0.0", "batch_size=128", "data.crop=32", "data.pad=0",
         "data.flip=false", "data.lighting=0.0", "data.mean=image", "data.divide_std=false", "data.workers=1",
-        "precision=bf16", "channels_last=true")  # fmt: skip
+        "precision=auto", "channels_last=true")  # fmt: skip
 FIG1_LRS = (0.0025, 0.005, 0.01, 0.02, 0.04, 0.08)  # a log grid over the rates SGD with momentum 0.9 trains at
 
 # Section 3.3 with cuda-convnet's own data handling: random 24x24 crops of the 32x32 images and
