@@ -155,3 +155,11 @@ def test_the_kernel_cache_key_names_the_cpu(monkeypatch, tmp_path):
     known = key("fpu avx2", 2600)
     cpuinfo.unlink()  # no /proc/cpuinfo (macOS, Windows): the platform's names
     assert kernels.cpu_signature() and kernels.cache_key(sources) != known
+
+
+def test_the_kernel_cache_key_names_the_torch_installation(monkeypatch, tmp_path):
+    """Two virtual environments build into two folders: one shared folder rebuilt on every switch."""
+    sources = {"a.cpp": b"int f();"}
+    here = kernels.cache_key(sources)
+    monkeypatch.setattr(kernels, "torch_location", lambda: str(tmp_path / "other-venv" / "torch"))
+    assert kernels.cache_key(sources) != here

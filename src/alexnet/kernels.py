@@ -57,12 +57,22 @@ def cpu_signature() -> str:
     return f"{platform.system()} {platform.machine()} {platform.processor()}"
 
 
+def torch_location() -> str:
+    """The torch installation the build compiles and links against (its headers and libraries).
+
+    Part of the cache key: torch's extension builder writes these paths into the folder's
+    build.ninja, so two virtual environments sharing one folder rebuilt the kernels (~1 min) each
+    time the other had built last; with it each environment keeps its own build.
+    """
+    return str(Path(torch.__file__).resolve().parent)
+
+
 def cache_key(sources: dict[str, bytes]) -> str:
-    """Hash of everything that determines the binary: sources, flags, torch version and CPU."""
+    """Hash of everything that determines the binary: sources, flags, torch version and location, CPU."""
     digest = hashlib.sha256()
     for name in sorted(sources):
         digest.update(name.encode() + b"\0" + sources[name] + b"\0")
-    for part in (" ".join(CFLAGS), torch.__version__, cpu_signature()):
+    for part in (" ".join(CFLAGS), torch.__version__, torch_location(), cpu_signature()):
         digest.update(part.encode() + b"\0")
     return digest.hexdigest()[:16]
 
@@ -72,7 +82,7 @@ def _build_dir(sources: dict[str, bytes]) -> tuple[str, Path]:
 
     torch's extension builder keys its cache on the module name and rebuilds whenever the
     sources' paths change; copied into a folder named by their content hash, the kernels build
-    once per machine (per torch version, flags and CPU) whichever checkout asks for them.
+    once per machine (per torch installation, flags and CPU) whichever checkout asks for them.
     """
     key = cache_key(sources)
     user = os.getuid() if hasattr(os, "getuid") else "user"
