@@ -56,7 +56,7 @@ explore: data
 	@run=$$(ls -dt runs/demo-*/ 2>/dev/null | while read d; do [ -f "$$d/last.pt" ] && echo "$$d" && break; done); \
 	if [ -z "$$run" ]; then \
 		run=$(DEMO_RUN); \
-		echo "no runs/demo-*/ with a last.pt: training the demo net into $$run first (~8 min on 2 cores)"; \
+		echo "no runs/demo-*/ with a last.pt: training the demo net into $$run first (~6-8 min on 2 cores)"; \
 		$(BIN)/alexnet train --preset demo --data $(DATA_DIR)/fashion-mnist --out $$run || exit 1; \
 	fi; \
 	exec $(BIN)/alexnet serve --checkpoint "$${run%/}" --data $(DATA_DIR)/fashion-mnist --port $(EXPLORE_PORT)

@@ -4,7 +4,7 @@ glibc allocator setting, torch.compile with the project's settings, and what a r
 Nothing here runs at import; the CLI and the library's own entry points (training, inference,
 features) call `tune_allocator()` before their first large allocation.
 
-Precision (docs/benchmarks.md, "Precision by CPU"): bf16 autocast pays only where the hardware
+Precision (docs/benchmarks.md, "What is chosen per CPU"): bf16 autocast pays only where the hardware
 has bf16 arithmetic (AVX512_BF16 or AMX-BF16 on x86, BF16 on Arm; on CUDA, compute capability 8.0
 and up). Elsewhere oneDNN emulates it and the demo's training step measured 11-14x slower than in
 fp32, so `precision: auto` (every preset's default) resolves to bf16 only where it is native. The
@@ -38,7 +38,7 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 ONEDNN_BF16_LEVELS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16",
                       "AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2",
                       "ALL", "DEFAULT")  # fmt: skip
-# Measured slow-down of emulated bf16 against fp32 (docs/benchmarks.md, "Precision by CPU"): the demo's
+# Measured slow-down of emulated bf16 against fp32 (docs/benchmarks.md, "What is chosen per CPU"): the demo's
 # training step on an AVX2-only AMD Zen 3 (13.8x) and with AVX2 forced on an AVX-512 AMD EPYC (11.5x).
 EMULATED_BF16_SLOWDOWN = "11-14x"
 
