@@ -98,3 +98,13 @@ def test_training_curves_mark_lr_drops(tmp_path, monkeypatch):
     training_curves(metrics, tmp_path / "c.png")
     assert sorted(set(lines)) == [5.0, 8]  # a step drop seen in the logged lr, and the plateau drop
     _picture(tmp_path / "c.png")
+
+
+def test_training_curves_of_a_run_with_nothing_logged_draw_no_legend_and_warn_nothing(tmp_path):
+    """A 20-step run logs no point; its figure is drawn without matplotlib's "No artists with labels" warning."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = training_curves([{"event": "start", "step": 0, "time": 0.0}], tmp_path / "curves.png")
+    assert out.exists() and out.stat().st_size > 0

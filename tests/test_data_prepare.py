@@ -222,8 +222,12 @@ import sys, time
 P = sys.modules["alexnet.data.prepare"] if "alexnet.data.prepare" in sys.modules else __import__("importlib").import_module("alexnet.data.prepare")
 from alexnet.data.decode import decode_image
 P.SAVE_EVERY_S = 0.0
-def slow(*a, **k):
-    time.sleep(0.01)
+decoded = 0
+def slow(*a, **k):  # two chunks of 4 decode, then the process hangs until it is killed
+    global decoded
+    decoded += 1
+    while decoded > 8:
+        time.sleep(0.05)
     return decode_image(*a, **k)
 P.decode_image = slow
 P.prepare(sys.argv[1], sys.argv[2], P.PrepareOptions(size=16, workers=1, chunk=4, progress=False))
@@ -236,10 +240,16 @@ def test_killed_prepare_never_looks_complete_and_rerun_finishes(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(tmp_path / "src"), str(out)])
     state = out / ".prepare" / "train.state.npz"
-    deadline = time.time() + 30
-    while not state.exists() and time.time() < deadline and proc.poll() is None:
+
+    def saved() -> int:  # chunks the child's saved state marks done (0 before its first save)
+        try:
+            return int(np.load(state)["done"].sum())
+        except (OSError, ValueError, KeyError, EOFError):
+            return 0
+
+    deadline = time.time() + 60
+    while saved() < 2 and time.time() < deadline and proc.poll() is None:  # both chunks saved; it hangs in the third
         time.sleep(0.02)
-    time.sleep(0.2)
     with pytest.raises(DataError, match="being prepared by another process"):  # it is still running
         prepare(str(tmp_path / "src"), out, PrepareOptions(size=16, workers=1, chunk=4, progress=False))
     assert proc.poll() is None
@@ -249,7 +259,7 @@ def test_killed_prepare_never_looks_complete_and_rerun_finishes(tmp_path):
     with pytest.raises(DataError, match="not a complete"):
         open_dataset(out)
     done_before = int(np.load(state)["done"].sum())
-    assert 0 < done_before < 30  # it was killed part-way
+    assert done_before == 2  # killed part-way: the two chunks it finished, not the one it hung in
     r = prepare(str(tmp_path / "src"), out, PrepareOptions(size=16, workers=1, chunk=4, progress=False))
     assert r["splits"]["train"]["count"] == 120 and not (out / ".prepare").exists()
     fresh = prepare(str(tmp_path / "src"), tmp_path / "fresh", PrepareOptions(size=16, workers=2, chunk=4, progress=False))

@@ -67,6 +67,21 @@ def test_onnx_dynamic_batch_matches_pytorch_in_onnxruntime(small_ckpt, tmp_path,
         assert float((torch.from_numpy(got) - want).abs().max()) <= 1e-4
 
 
+def test_onnx_export_prints_its_own_line_and_not_the_exporters_chatter(small_ckpt, tmp_path):
+    """In a fresh process (the exporter says its lines once per process): one line, ours."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("onnxruntime")
+    _, path = small_ckpt
+    out = tmp_path / "quiet.onnx"
+    done = subprocess.run([sys.executable, "-m", "alexnet", "export", "--checkpoint", str(path), "--format", "onnx",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"wrote {out}") and len(done.stdout.splitlines()) == 1
+    assert "torchvision" not in done.stderr and "LeafSpec" not in done.stderr, done.stderr
+
+
 def test_torchscript_round_trip(small_ckpt, tmp_path):
     model, path = small_ckpt
     result = export_checkpoint(path, "torchscript", tmp_path / "small.ts")

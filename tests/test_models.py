@@ -233,19 +233,35 @@ def test_unknown_model_and_option_errors_name_the_valid_ones():
 
 
 def test_config_round_trip():
-    m = create_model("alexnet-small", num_classes=4, activation="tanh")
-    again = create_model(m.arch, **m.config)
-    assert again.config == m.config
-    assert [k for k in again.state_dict()] == [k for k in m.state_dict()]
+    """A model rebuilt from its recorded config is the same network: same seed, same weights, same outputs."""
+    torch.manual_seed(0)
+    m = create_model("alexnet-small", num_classes=4, activation="tanh", widths=(8, 16, 24, 24, 16), fc=(32, 32)).eval()
+    torch.manual_seed(0)
+    again = create_model(m.arch, **m.config).eval()
+    assert m.state_dict().keys() == again.state_dict().keys()
+    for name, value in m.state_dict().items():
+        assert torch.equal(value, again.state_dict()[name]), name
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), m(x), rtol=0, atol=0)
+        relu = create_model("alexnet-small", **{**m.config, "activation": "relu"}).eval()
+        relu.load_state_dict(m.state_dict())
+        assert not torch.allclose(relu(x), m(x))  # the activation is part of what the config rebuilt
 
 
 def test_forward_features_head_split():
+    """forward_features is the pool5 the full forward computes (a 224 input padded to 227 on the right
+    and bottom), and forward_head takes only pool5-shaped maps."""
     m = create_model("alexnet", num_classes=10).eval()
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         feats = m.forward_features(x)
-        assert feats.shape == (2, 256, 6, 6)
-        torch.testing.assert_close(m.forward_head(feats), m(x))
+        padded = m.forward_features(torch.nn.functional.pad(x, (0, 3, 0, 3)))
+    assert feats.shape == (2, 256, 6, 6)
+    torch.testing.assert_close(feats, activations(m, x, ["pool5"])["pool5"])
+    torch.testing.assert_close(feats, padded, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="expected pool5 maps of shape"):
+        m.forward_head(torch.zeros(2, 256, 5, 5))
 
 
 def test_fc7_activation_is_the_4096d_relu_output():
@@ -262,8 +278,12 @@ def test_fc7_activation_is_the_4096d_relu_output():
 
 
 def test_top_level_api():
-    assert alexnet.create_model is create_model
-    assert "alexnet" in alexnet.list_models()
+    """The package's top level names every model of README's table and builds each for its classes."""
+    assert {"alexnet", "alexnet-1gpu", "caffenet", "alexnet-owt", "alexnet-small", "conv-local",
+            "cifar-18pct"} <= set(alexnet.list_models())  # fmt: skip
+    m = alexnet.create_model("alexnet-small", num_classes=3).eval()
+    with torch.no_grad():
+        assert m(torch.zeros(2, 1, 28, 28)).shape == (2, 3)
 
 
 def test_locally_connected_equals_a_per_position_reference():

@@ -70,7 +70,8 @@ def training_curves(metrics: Sequence[dict[str, Any]], out: str | os.PathLike[st
     ax_err.set(xlabel="epoch", ylabel="error (%)", title="error")
     for ax in (ax_loss, ax_err):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a run too short to log has nothing to label: no legend, no warning
+            ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
     return _save(fig, out)

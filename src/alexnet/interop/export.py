@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import warnings
 from collections.abc import Iterator
@@ -96,6 +97,22 @@ def _checked(result: ExportResult, diff: float, atol: float) -> ExportResult:
     return result
 
 
+@contextmanager
+def _quiet_onnx_exporter() -> Iterator[None]:
+    """Silence what torch's ONNX exporter says that is about itself, not about the user's model: one
+    warning line per torchvision op it skips because torchvision is not installed (this project never
+    needs it) and pytree's LeafSpec deprecation. Everything else it says still reaches the user."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated", category=FutureWarning)
+            yield
+    finally:
+        registration.setLevel(level)
+
+
 def export_onnx(model: nn.Module, out: str | os.PathLike[str], *, input_size: int, in_chans: int = 3,
                 opset: int = 18, check: bool = True, atol: float = MAX_ABS_DIFF,
                 preprocess: Preprocess | None = None) -> ExportResult:  # fmt: skip
@@ -108,7 +125,7 @@ def export_onnx(model: nn.Module, out: str | os.PathLike[str], *, input_size: in
     out.parent.mkdir(parents=True, exist_ok=True)
     example = _example(2, in_chans, input_size, seed=0)
     try:
-        with _eval_on_cpu(model) as net:
+        with _eval_on_cpu(model) as net, _quiet_onnx_exporter():
             torch.onnx.export(
                 net, (example,), str(out), dynamo=True, opset_version=opset, verbose=False,
                 input_names=["images"], output_names=["logits"],
