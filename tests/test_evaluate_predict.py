@@ -129,3 +129,39 @@ def test_predict_answers_good_images_and_names_bad_ones(trained, fashion_small, 
     names = load_checkpoint(trained)["class_names"]
     via_evaluate = {names[j]: float(p) for j, p in enumerate(centre[0])}
     assert via_predict == pytest.approx(via_evaluate, abs=1e-5)
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: the payload a hostile checkpoint carries."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate", "import-weights", "serve", "export", "resume"])
+def test_a_checkpoint_holding_code_is_refused_in_one_line_of_ours(command, tmp_path, capsys):
+    marker = tmp_path / "ran"
+    bad = tmp_path / "bad.pt"
+    torch.save({"format": "alexnet-checkpoint", "state_dict": {}, "payload": _RunsCode(marker)}, bad)
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(image)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(bad.read_bytes())
+    argv = {"predict": ["predict", "--checkpoint", str(bad), str(image)],
+            "evaluate": ["evaluate", "--checkpoint", str(bad), "--data", str(tmp_path)],
+            "import-weights": ["import-weights", str(bad), "--out", str(tmp_path / "out.pt")],
+            "serve": ["serve", "--checkpoint", str(bad), "--port", "0"],
+            "export": ["export", "--checkpoint", str(bad), "--format", "safetensors", "--out", str(tmp_path / "w.st")],
+            "resume": ["train", "--resume", str(run), "--no-progress"]}[command]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "holds objects other than tensors and plain data, so it is not loaded" in err, err
+    assert "weights_only" not in err and "will likely succeed" not in err
+    assert not marker.exists()

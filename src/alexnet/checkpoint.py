@@ -19,6 +19,7 @@ code runs.
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,27 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, **kwargs: An
     return atomic_save(make_checkpoint(model, **kwargs), path)
 
 
+def torch_load_safely(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
+    """`torch.load(weights_only=True)`: tensors and plain data only, no pickled code runs.
+
+    A file that holds anything else is refused in one line of ours. torch's own message goes on to
+    advise `weights_only=False`, which would run whatever the file's pickle says; ours says what to
+    do instead, and only for a file whose origin the user trusts.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" not in str(exc).lower():
+            raise CheckpointError(f"cannot read {what} {path}: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"{path} holds objects other than tensors and plain data, so it is not loaded (nothing in it ran); "
+            "if it comes from a training run you trust, save its weights alone (a state_dict of tensors, "
+            "torch.save(model.state_dict(), F)) where it was made and bring them in with `alexnet import-weights F`"
+        ) from None
+    except Exception as exc:
+        raise CheckpointError(f"cannot read {what} {path}: {str(exc).splitlines()[0]}") from None
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a checkpoint safely (weights_only). A missing, corrupt or foreign file is a CheckpointError."""
     path = Path(path)
@@ -93,10 +115,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             raise CheckpointError(f"{path} is a folder with no best.pt or last.pt")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+    ckpt = torch_load_safely(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an alexnet checkpoint (use `alexnet import-weights` for other formats)")
     if ckpt.get("version", 0) > VERSION:

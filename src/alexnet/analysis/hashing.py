@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checkpoint import torch_load_safely
 from ..errors import CheckpointError, ConfigError
 from ..files import atomic_open
 from ..progress import progress_bar
@@ -93,10 +94,7 @@ class BinaryHasher:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> BinaryHasher:
-        try:
-            s = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(f"cannot read hasher {path}: {str(exc).splitlines()[0]}") from None
+        s = torch_load_safely(path, "hasher")
         if not isinstance(s, dict) or s.get("format") != "alexnet-hasher":
             raise CheckpointError(f"{path} is not an alexnet binary-code model")
         mean = s["mean"].numpy()

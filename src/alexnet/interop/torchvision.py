@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..checkpoint import torch_load_safely
 from ..errors import CheckpointError
 from ..models import empty_model
 
@@ -26,10 +27,7 @@ def read_torch_weights(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read {path} as torch weights: {str(exc).splitlines()[0]}") from None
+    obj = torch_load_safely(path, "torch weights")
     if isinstance(obj, dict) and obj.get("format") == "alexnet-checkpoint":
         raise CheckpointError(f"{path} is already an alexnet checkpoint; use it directly")
     for key in ("state_dict", "model"):
