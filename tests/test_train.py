@@ -103,12 +103,51 @@ def test_full_disk_keeps_the_previous_checkpoint(fashion_small, tmp_path, monkey
         return real_save(obj, f, *a, **k)
 
     monkeypatch.setattr(ck.torch, "save", flaky_save)
-    with pytest.raises(AlexNetError, match="No space left on device.*previous checkpoint is intact"):
+    with pytest.raises(AlexNetError, match=r"the disk is full: writing .*last\.pt needed more than .* free there; "
+                       r"the previous last\.pt is kept; training stopped at step 10.*--resume"):
         train(tiny_cfg("epochs=1"), fashion_small, tmp_path / "run", progress=False)
     monkeypatch.setattr(ck.torch, "save", real_save)
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt["train_state"]["progress"]["step"] == 5
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
+
+
+def _tmpfs(path, size):
+    """A small filesystem of `size` bytes at `path` (root only); None where it cannot be mounted."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return None
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    return path if done.returncode == 0 else None
+
+
+def test_a_real_full_disk_is_one_line_keeps_last_pt_and_resume_finishes(fashion_small, tmp_path, capsys):
+    """On a filesystem with room for one checkpoint but not a second beside it (atomic writes need both)."""
+    def run_cli(out, steps):
+        return main(["train", "--preset", "demo", "--data", str(fashion_small), "--out", str(out), "--no-progress",
+                     "--no-report", *TINY, f"max_steps={steps}"])  # fmt: skip
+
+    probe = tmp_path / "probe"
+    assert run_cli(probe, 5) == 0
+    size = (probe / "last.pt").stat().st_size
+    small = _tmpfs(tmp_path / "small", 4096 * (-(-int(1.5 * size + 65536) // 4096)))
+    if small is None:
+        pytest.skip("needs root to mount a small tmpfs (the monkeypatched full disk above runs everywhere)")
+    try:
+        run = small / "run"
+        capsys.readouterr()
+        assert run_cli(run, 10) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("training alexnet-small") and "Traceback" not in err and "inline_container" not in err, err
+        assert len(err.splitlines()) == 2 and err.splitlines()[1].startswith("alexnet train: error: the disk is full"), err
+        assert "the disk is full: writing" in err and "the previous last.pt is kept" in err and "--resume" in err, err
+        assert load_checkpoint(run / "last.pt")["train_state"]["progress"]["step"] == 5
+        assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+        subprocess.run(["mount", "-o", "remount,size=64m", str(small)], check=True)
+        assert main(["train", "--resume", str(run), "--no-progress", "--no-report"]) == 0
+        assert load_checkpoint(run / "last.pt")["train_state"]["progress"]["step"] == 10
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(fashion_small, tmp_path, monkeypatch):

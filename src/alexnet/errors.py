@@ -17,3 +17,10 @@ class DataError(AlexNetError):
 
 class CheckpointError(AlexNetError):
     """A missing, corrupt or incompatible checkpoint."""
+
+
+class DiskFullError(AlexNetError, OSError):
+    """A write that found the disk (or the quota) full; what was there before is kept."""
+
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno 28]"
+        return str(self.strerror)

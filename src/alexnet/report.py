@@ -17,6 +17,7 @@ import numpy as np
 
 from . import figures
 from .data import open_dataset
+from .files import write_text_atomic
 from .evaluate import EvalResult, evaluate_store
 from .inference import Predictor
 from .train.rundir import RunDir
@@ -76,7 +77,7 @@ def write_report(run_dir: str | os.PathLike[str], *, device: str = "auto") -> Pa
         lines.append("")
     lines += ["## Settings", "", "```yaml", (run.path / "config.yaml").read_text().rstrip(), "```", ""]
     out = run.path / "report.md"
-    out.write_text("\n".join(lines))
+    write_text_atomic(out, "\n".join(lines))
     return out
 
 

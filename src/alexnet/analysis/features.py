@@ -32,6 +32,7 @@ from ..data import Store
 from ..data.decode import BadImage
 from ..data.store import open_split, open_store
 from ..errors import ConfigError, DataError
+from ..files import open_memmap_allocated
 from ..inference import Predictor
 from ..progress import progress_bar
 
@@ -136,7 +137,7 @@ def extract_features(
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         t0 = time.perf_counter()
-        feats = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=DTYPES[dtype], shape=(len(indices), dim))
+        feats = open_memmap_allocated(tmp / "features.npy", DTYPES[dtype], (len(indices), dim))
         bar = progress_bar(total=len(indices), unit="img", desc=f"features {layer}") if progress else None
         _fill(feats, predictor, store, indices, layer, views, batch_size, bar)
         del feats

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..files import (
+    open_memmap_allocated,
     save_npy_atomic,
     save_npz_atomic,
     sha256_file,
@@ -192,7 +193,7 @@ def prepare_split(split: Split, path: Path, source: Source, size: int, channels:
     state = _load_state(state_path, n, chunk, size, channels)
     if state is None:
         for name, rows in shards:
-            np.lib.format.open_memmap(path / name, mode="w+", dtype=np.uint8, shape=(rows, size, size, channels))
+            open_memmap_allocated(path / name, np.uint8, (rows, size, size, channels))  # reserved now, filled below
         state = _new_state(n, chunk, size, channels)
     t0 = time.perf_counter()
     pending = [k for k in range(len(state["done"])) if not state["done"][k]]

@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CheckpointError
-from ..files import load_array_pickle
+from ..files import atomic_open, load_array_pickle
 
 # create_model("alexnet", **BVLC_MODEL_OPTIONS) is the bvlc_alexnet network.
 BVLC_MODEL_OPTIONS: dict[str, Any] = dict(
@@ -104,7 +104,7 @@ def save_npy_object(obj: Any, path: str | os.PathLike[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     holder = np.empty((), dtype=object)
     holder[()] = obj
-    with open(path, "wb") as f:
+    with atomic_open(path) as f:
         np.save(f, holder, allow_pickle=True)
     return path
 

@@ -17,6 +17,7 @@ and the CPU fast paths step aside while a graph is captured (models/layers.py, `
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
 import os
@@ -33,7 +34,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ..checkpoint import load_checkpoint, model_from_checkpoint, preprocess_of
-from ..errors import AlexNetError, CheckpointError, ConfigError
+from ..errors import AlexNetError, CheckpointError, ConfigError, DiskFullError
+from ..files import atomic_path, write_bytes_atomic
 from ..models import create_model
 from ..preprocess import Preprocess
 from .caffe import BVLC_MODEL_OPTIONS, save_npy_object, state_dict_to_bvlc
@@ -125,13 +127,15 @@ def export_onnx(model: nn.Module, out: str | os.PathLike[str], *, input_size: in
     out.parent.mkdir(parents=True, exist_ok=True)
     example = _example(2, in_chans, input_size, seed=0)
     try:
-        with _eval_on_cpu(model) as net, _quiet_onnx_exporter():
+        with _eval_on_cpu(model) as net, _quiet_onnx_exporter(), atomic_path(out) as tmp:
             torch.onnx.export(
-                net, (example,), str(out), dynamo=True, opset_version=opset, verbose=False,
+                net, (example,), str(tmp), dynamo=True, opset_version=opset, verbose=False,
                 input_names=["images"], output_names=["logits"],
                 dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
                 external_data=False,
             )  # fmt: skip
+    except DiskFullError:
+        raise
     except Exception as exc:
         raise AlexNetError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     result = ExportResult("onnx", str(out), out.stat().st_size, {"opset": opset, "dynamic_batch": True})
@@ -158,7 +162,9 @@ def export_torchscript(model: nn.Module, out: str | os.PathLike[str], *, input_s
         # shapes other than the batch are fixed for an exported model, so the trace holds.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(net, _example(2, in_chans, input_size, seed=0), check_trace=False)
-    traced.save(str(out))
+    buffer = io.BytesIO()  # torch.jit's file writer aborts the process on a full disk: write our own way
+    torch.jit.save(traced, buffer)
+    write_bytes_atomic(out, buffer.getvalue())
     result = ExportResult("torchscript", str(out), out.stat().st_size, {"dynamic_batch": True})
     if not check:
         return result
@@ -187,7 +193,8 @@ def export_safetensors(ckpt: dict[str, Any], out: str | os.PathLike[str], *, che
         "class_names": json.dumps(ckpt.get("class_names")),
         "preprocess": json.dumps(ckpt.get("preprocess")),
     }
-    save_file(tensors, str(out), metadata=metadata)
+    with atomic_path(out) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     result = ExportResult("safetensors", str(out), out.stat().st_size)
     if check:
         model, _ = load_safetensors(out)

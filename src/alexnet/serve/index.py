@@ -37,6 +37,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import shutil
 import threading
 import time
@@ -52,7 +53,8 @@ from ..analysis import neighbors
 from ..analysis.features import FeatureSet, extract_features, open_features
 from ..analysis.retrieval import rank_candidates
 from ..data.store import MANIFEST, Store
-from ..errors import AlexNetError, DataError
+from ..errors import AlexNetError, DataError, DiskFullError
+from ..files import write_text_atomic
 from .projection import DIMS, Projection, file_stamp, float64_slack
 
 FINGERPRINT = "explorer.json"
@@ -161,7 +163,10 @@ class NeighborIndex:
         proj = Projection.load(path, stamp, len(self))
         if proj is None:
             proj = Projection.build(self.fs.features, dims, chunk_rows)
-            proj.save(path, stamp)
+            try:
+                proj.save(path, stamp)
+            except DiskFullError as exc:  # a cache: the search works without it, built again next start
+                print(f"alexnet serve: {exc}; the projection stays in memory only", file=sys.stderr)
         return proj
 
     def __len__(self) -> int:
@@ -344,9 +349,7 @@ class IndexBuilder:
             fs = extract_features(checkpoint_file(self.source), self.data, self.folder, layer=self.layer,
                                   split=self.store.path.name, device=self.device, overwrite=True,
                                   progress=self.progress)  # fmt: skip
-            tmp = self.folder / f".{FINGERPRINT}.tmp"
-            tmp.write_text(json.dumps(want, indent=1) + "\n")
-            os.replace(tmp, self.folder / FINGERPRINT)
+            write_text_atomic(self.folder / FINGERPRINT, json.dumps(want, indent=1) + "\n")
             return fs
         finally:
             os.close(lock_fd)

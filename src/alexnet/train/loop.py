@@ -29,7 +29,7 @@ from ..checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from ..config import TrainConfig, config_from_dict
 from ..data import Store, open_dataset
 from ..data.loader import Loader, balanced_subset
-from ..errors import AlexNetError, CheckpointError, ConfigError
+from ..errors import AlexNetError, CheckpointError, ConfigError, DiskFullError
 from ..evaluate import EvalResult, evaluate_batches
 from ..models import create_model, model_entry
 from ..preprocess import Preprocess, TrainTransform, eval_views
@@ -202,6 +202,9 @@ class Trainer:
                                train_state=train_state, meta=meta or {})  # fmt: skip
         try:
             atomic_save(ckpt, path)
+        except DiskFullError as exc:
+            raise DiskFullError(exc.errno, f"{exc}; training stopped at step {self.state.step}, and once there is room "
+                                f"`alexnet train --resume {Path(path).parent}` continues from the last checkpoint") from None
         except OSError as exc:
             raise AlexNetError(
                 f"could not write checkpoint {path} ({exc.strerror or exc}); the previous checkpoint is intact"

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from ..errors import AlexNetError
-from ..files import write_text_atomic
+from ..files import FULL_DISK_ERRNOS, disk_full_error, write_text_atomic
 from ..runtime import environment
 
 
@@ -77,7 +77,7 @@ class RunDir:
 
     def write_config(self, config: dict[str, Any], extra: dict[str, Any], device: str,
                      env_extra: dict[str, Any] | None = None) -> None:  # fmt: skip
-        (self.path / "config.yaml").write_text(yaml.safe_dump({**config, **extra}, sort_keys=False))
+        write_text_atomic(self.path / "config.yaml", yaml.safe_dump({**config, **extra}, sort_keys=False))
         env = {**environment(device), **(env_extra or {})}
         env["argv"] = sys.argv
         for lib in ("numpy", "PIL", "simplejpeg"):
@@ -85,7 +85,7 @@ class RunDir:
                 env[lib] = __import__(lib).__version__
             except (ImportError, AttributeError):
                 pass
-        (self.path / "env.json").write_text(json.dumps(env, indent=2))
+        write_text_atomic(self.path / "env.json", json.dumps(env, indent=2))
 
     def read_config(self) -> dict[str, Any]:
         path = self.path / "config.yaml"
@@ -94,8 +94,16 @@ class RunDir:
         return yaml.safe_load(path.read_text())
 
     def log(self, record: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
+        line = json.dumps({**record, "time": round(time.time(), 3)}) + "\n"
+        size = self.metrics_path.stat().st_size if self.metrics_path.exists() else 0
+        try:
+            with open(self.metrics_path, "a") as f:
+                f.write(line)
+        except OSError as exc:
+            if exc.errno not in FULL_DISK_ERRNOS:
+                raise
+            os.truncate(self.metrics_path, size)  # no torn last line: the records before it stay readable
+            raise disk_full_error(self.metrics_path, len(line)) from None
         if self._tb is not None and "step" in record:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -113,4 +121,10 @@ class RunDir:
     def metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.is_file():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        lines = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        records = [json.loads(line) for line in lines[:-1]]
+        try:  # a process killed inside its last write leaves that line torn
+            records += [json.loads(lines[-1])] if lines else []
+        except json.JSONDecodeError:
+            pass
+        return records
