@@ -191,8 +191,15 @@ def test_compile_with_inductor_trains_like_eager():
     from alexnet.runtime import compile_model
 
     model = demo_model().train()
-    x = (torch.randn(2, 1, 28, 28) * 2).contiguous(memory_format=torch.channels_last)
-    assert pool_margin(model, x) > 1e-6  # compiled and eager forwards differ by ~1e-7 to 4e-7 of the largest value
+    # compiled and eager forwards differ by ~1e-7 to 4e-7 of the largest value: take the first seeded
+    # input with no window closer than 1e-6 (most have none; one in CI had a gap of 1.5e-7)
+    for seed in range(20):
+        x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(seed)) * 2
+        x = x.contiguous(memory_format=torch.channels_last)
+        if pool_margin(model, x) > 1e-6:
+            break
+    else:
+        pytest.fail("no seeded input without a max-pool near-tie")
     g = torch.randn(2, 10)
     want, want_grads = forward_backward(model, x, g)
     torch._dynamo.reset()

@@ -92,8 +92,11 @@ def torch_load_safely(path: str | os.PathLike[str], what: str = "checkpoint") ->
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only load failed" not in str(exc).lower():
-            raise CheckpointError(f"cannot read {what} {path}: {str(exc).splitlines()[0]}") from None
+        text = str(exc)
+        if "weights only load failed" not in text.lower():
+            raise CheckpointError(f"cannot read {what} {path}: {text.splitlines()[0]}") from None
+        if "GLOBAL" not in text:  # the unpickler met bytes that are no pickle at all, not a class or function
+            raise CheckpointError(f"cannot read {what} {path}: it is not a file that torch.save wrote") from None
         raise CheckpointError(
             f"{path} holds objects other than tensors and plain data, so it is not loaded (nothing in it ran); "
             "if it comes from a training run you trust, save its weights alone (a state_dict of tensors, "
