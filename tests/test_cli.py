@@ -96,8 +96,9 @@ def test_every_command_that_loads_a_checkpoint_takes_the_flag():
 def test_every_command_takes_checkpoint_as_a_flag_and_the_old_positional_where_there_was_one(path, parser):
     rest = _required(parser)
     assert build_parser().parse_args([*path, *rest, "--checkpoint", "runs/a"]).checkpoint == "runs/a"
-    if _checkpoint_positional(parser):  # serve and export took it positionally: scripts keep working
-        assert path in {("serve",), ("export",)}
+    # serve and export took it positionally (scripts keep working); probe SOURCE reads as train --init SOURCE
+    if _checkpoint_positional(parser):
+        assert path in {("serve",), ("export",), ("probe",)}
         assert build_parser().parse_args([*path, "runs/a", *rest]).checkpoint == "runs/a"
         assert build_parser().parse_args([*path, "runs/a", *rest, "--checkpoint", "runs/a"]).checkpoint == "runs/a"
         with pytest.raises(UsageError, match="two checkpoints"):
@@ -168,3 +169,12 @@ def test_export_reads_the_same_checkpoint_by_either_spelling(tmp_path, capsys):
     assert main(["export", "--checkpoint", str(ckpt), "--format", "safetensors", "--out", str(b)]) == 0
     ta, tb = load_file(a), load_file(b)
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_overrides_may_follow_flags():
+    from alexnet.cli import parse
+
+    args = parse(build_parser(), ["train", "epochs=2", "--data", "d", "--init", "runs/a", "optim.lr=0.1", "--out", "o"])
+    assert args.overrides == ["epochs=2", "optim.lr=0.1"] and args.init == "runs/a"
+    with pytest.raises(UsageError, match="unrecognized arguments: --bogus"):
+        parse(build_parser(), ["train", "epochs=2", "--data", "d", "--bogus", "optim.lr=0.1"])

@@ -62,6 +62,7 @@ class OptimConfig:
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     final_lr_fraction: float = 0.0  # cosine / onecycle end at lr * this
+    head_lr_mult: float = 1.0  # lr multiplier of the layers `train --init` starts afresh (Caffe's lr_mult)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many steps in all (0: no limit); for tests and smoke runs
     stop_train_error: float = 0.0  # stop once a log interval's running training error is at most this (0: never; Fig. 1)
     device: str = "auto"  # auto: cuda if present, else cpu
+    freeze: str = ""  # fix every layer up to and including this one (conv1..conv5, fc6, fc7); train/transfer.py
 
     def __post_init__(self) -> None:
         _check_choice("optim.name", self.optim.name, OPTIMIZERS)
@@ -101,6 +103,8 @@ class TrainConfig:
             raise ConfigError(f"stop_train_error must be in [0, 1), got {self.stop_train_error}")
         if self.optim.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.optim.lr}")
+        if self.optim.head_lr_mult <= 0:
+            raise ConfigError(f"optim.head_lr_mult must be > 0, got {self.optim.head_lr_mult}")
         if not 0 <= self.optim.label_smoothing < 1:
             raise ConfigError(f"optim.label_smoothing must be in [0, 1), got {self.optim.label_smoothing}")
 
@@ -148,6 +152,15 @@ PRESETS["cifar10"] = copy.deepcopy(PRESETS["demo"])
 PRESETS["cifar10"]["model"]["options"].update(widths=[48, 96, 144, 144, 96], lrn_position="after-pool")
 PRESETS["cifar10"]["data"].update(crop=32, pad=4, lighting=0.1)
 PRESETS["cifar10"]["epochs"] = 70
+
+# Fine-tuning a trained net (`train --init SOURCE`): the network, crop and normalisation are the
+# source's; the cifar10 recipe's augmentation and one-cycle schedule at a fifth of its lr, the new
+# layers at 10x it, 30 epochs. Chosen on CIFAR-10's second half (its val split) from a net
+# trained on the first: docs/reproduction.md#transfer-learning.
+PRESETS["finetune"] = copy.deepcopy(PRESETS["cifar10"])
+del PRESETS["finetune"]["model"]
+PRESETS["finetune"]["optim"].update(lr=0.01, head_lr_mult=10.0)
+PRESETS["finetune"]["epochs"] = 30
 
 
 def _coerce(key: str, value: Any, typ: Any) -> Any:

@@ -63,6 +63,11 @@ def write_report(run_dir: str | os.PathLike[str], *, device: str = "auto") -> Pa
     lines += _training_rows(run, metrics, ckpt_path)
     if final is not None:
         lines += ["", f"The {split} figures are `{command}` (fp32)."]
+    init = env.get("init")
+    if init:
+        frozen = f" Frozen through {cfg['freeze']}." if cfg.get("freeze") else ""
+        lines += ["", f"Initialised from `{init['source']}` ({init['arch']}): {init['loaded']} weight tensors loaded; "
+                  f"from the init: {init['fresh_layers']}; normalisation: the {init['normalisation']}'s.{frozen}"]  # fmt: skip
     lines += ["", f"Checkpoint: `{ckpt_path.name}`. Device: {env.get('device', '?')}, torch {env.get('torch', '?')}, "
               f"commit {env.get('git_commit', '?')}.", ""]  # fmt: skip
     lines += _validation_table(metrics)

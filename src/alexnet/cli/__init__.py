@@ -8,6 +8,7 @@ argparse refuses) become one line on stderr and exit status 2.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import pkgutil
 import sys
@@ -40,10 +41,21 @@ def build_parser() -> Parser:
     return parser
 
 
+def parse(parser: Parser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line's namespace. A command's key=value overrides may come anywhere on the line,
+    after a flag too (argparse keeps a positional list together and calls later items unrecognised)."""
+    args, extras = parser.parse_known_args(argv)
+    if extras and isinstance(getattr(args, "overrides", None), list) and all("=" in e and not e.startswith("-") for e in extras):
+        args.overrides += extras
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parse(parser, argv)
     except UsageError as exc:
         print(f"{exc.prog}: error: {exc}", file=sys.stderr)
         return 2

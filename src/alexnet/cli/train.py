@@ -1,4 +1,4 @@
-"""`alexnet train --data STORE --arch NAME --out RUN_DIR [--config FILE.yaml] [key=value ...]`"""
+"""`alexnet train --data STORE --out RUN_DIR [--preset P] [--config FILE.yaml] [--init SOURCE [--freeze LAYER]] [key=value ...]`"""
 
 from __future__ import annotations
 
@@ -28,6 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--preset", default="paper", help=f"named settings: {', '.join(PRESETS)} (default paper)")
     p.add_argument("--config", help="YAML file of settings")
+    p.add_argument("--init", metavar="SOURCE",
+                   help="start from a trained net (checkpoint, run folder or imported weights): its network, crop and "
+                   "normalisation, every weight whose shape fits (the rest, e.g. fc8 for other classes, from the init)")
+    p.add_argument("--init-norm", choices=("source", "data"), default="source",
+                   help="with --init: normalise as the source net was trained (default), or by this store's statistics")
+    p.add_argument("--freeze", metavar="LAYER",
+                   help="fix every layer up to and including LAYER (conv1..conv5, fc6, fc7); the same as freeze=LAYER")
     add_model_parallel_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--report", action=argparse.BooleanOptionalAction, default=True, help="write report.md at the end")
@@ -38,15 +45,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.resume:
-        if args.overrides or args.config or args.arch:
+        if args.overrides or args.config or args.arch or args.freeze:
             raise ConfigError("--resume continues a run with its saved settings; drop the overrides")
+        if args.init:
+            raise ConfigError("--init starts a run from a trained net; --resume continues one from its own weights")
         out, data, cfg = args.resume, args.data or "", None
     else:
         if not args.data or not args.out:
             raise ConfigError("train needs --data STORE and --out RUN_DIR (or --resume RUN_DIR)")
         overrides = list(args.overrides)
         if args.arch:
+            if args.init:
+                raise ConfigError("--arch and --init: a run from --init trains the source's network")
             overrides.append(f"model.arch={args.arch}")
+        if args.freeze:
+            overrides.append(f"freeze={args.freeze}")
+        if args.preset == "finetune" and not args.init:
+            raise ConfigError("the finetune preset fine-tunes a trained net: give it with --init SOURCE")
         cfg = load_config(args.preset, args.config, overrides)
         out, data = args.out, args.data
     devices = None
@@ -54,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
         devices = parse_devices(args.model_parallel)
     result = train(cfg, data, out, resume=bool(args.resume), progress=not args.no_progress,  # type: ignore[arg-type]
-                   model_parallel=devices)  # fmt: skip
+                   model_parallel=devices, init=args.init, init_norm=args.init_norm)  # fmt: skip
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return 0
     if args.report:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import atomic_save, load_checkpoint, make_checkpoint
+from ..checkpoint import atomic_save, load_checkpoint, make_checkpoint, preprocess_of
 from ..config import TrainConfig, config_from_dict
 from ..data import Store, open_dataset
 from ..data.loader import Loader, balanced_subset
@@ -39,6 +39,7 @@ from . import distributed
 from .optim import Schedule, make_optimizer, set_lr
 from .placement import Placement, unwrap
 from .rundir import RunDir
+from .transfer import NORMALISATIONS, InitSource, describe_fresh, freeze, hold_eval, load_matching, param_groups
 
 
 class TrainingDiverged(AlexNetError):
@@ -90,11 +91,16 @@ class TrainData:
     loader: Loader
 
     @classmethod
-    def open(cls, path: Path, cfg: TrainConfig, placement: Placement) -> TrainData:
+    def open(cls, path: Path, cfg: TrainConfig, placement: Placement, *, source: InitSource | None = None,
+             source_norm: bool = False, preprocess: Preprocess | None = None) -> TrainData:  # fmt: skip
+        """`source`: the net a transfer run starts from (the images must fit it; `source_norm`: train
+        with its normalisation, not the store's); `preprocess`: the one a resumed run started with."""
         splits = open_dataset(path)
         if "train" not in splits:
             raise ConfigError(f"{path} has no train split (found: {', '.join(splits)})")
         train = splits["train"]
+        if source is not None:
+            source.check_store(train)
         name, selects = cfg.data.val_split, True
         if name not in splits:
             if cfg.optim.schedule == "plateau":
@@ -109,7 +115,9 @@ class TrainData:
         dist = placement.dist
         loader = Loader(train, cfg.batch_size // dist.world_size, shuffle=True, seed=cfg.seed, rank=dist.rank,
                         world_size=dist.world_size, drop_last=True, workers=cfg.data.workers, subset=subset)  # fmt: skip
-        preprocess = Preprocess.for_training(train, cfg.data)
+        if preprocess is None:
+            use_source = source is not None and source_norm
+            preprocess = source.preprocess_for(train) if use_source else Preprocess.for_training(train, cfg.data)  # type: ignore[union-attr]
         transform = TrainTransform.for_training(train, cfg.data, preprocess)
         return cls(path, train, splits.get(name) if name else None, name, selects, preprocess, transform, loader)
 
@@ -117,21 +125,25 @@ class TrainData:
 class Trainer:
     """One training run. Construction goes in the only order that works, each step needing the last:
 
-    1. resume: read last.pt first, because a resumed run takes its settings from it;
+    1. resume: read last.pt first, because a resumed run takes its settings from it; or the source
+       of a transfer run (`init`), whose network and crop replace cfg's (train/transfer.py);
     2. placement: device and process group (torchrun), which set each rank's share of the batch;
     3. data: stores, preprocessing, transforms, loader (its length sizes the schedule);
-    4. model: built for the store's classes and channels; resumed weights loaded before it is
-       placed, because the placement copies them (to the device, or into the two towers);
+    4. model: built for the store's classes and channels; resumed weights (or the source's that
+       fit) loaded and frozen layers fixed before it is placed, because the placement copies them
+       (to the device, or into the two towers);
     5. optimizer and schedule over the placed parameters, then their resumed state;
     6. wrappers: DDP after the restore (it broadcasts rank 0's weights), then torch.compile.
     """
 
     def __init__(self, cfg: TrainConfig, data: str | os.PathLike[str], out: str | os.PathLike[str], *,
-                 resume: bool = False, progress: bool = True, model_parallel: tuple[str, str] | None = None) -> None:  # fmt: skip
+                 resume: bool = False, progress: bool = True, model_parallel: tuple[str, str] | None = None,
+                 init: str | os.PathLike[str] | None = None, init_norm: str = "source") -> None:  # fmt: skip
         tune_allocator()  # before the first large allocation (runtime.py)
         self.run = RunDir(out)
         self.progress = progress
         self.cfg, data_path, self.resume_ckpt = self._resume_point(cfg, Path(data), resume)
+        source = self._init_source(init, init_norm)  # a transfer run: the source's net and crop
         self.placement = Placement.choose(self.cfg, model_parallel)
         self.device, self.dist, self.memory_format = self.placement.device, self.placement.dist, self.placement.memory_format
         # the run records the precision it trains in (a resumed run keeps the one it started with)
@@ -142,7 +154,10 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(cfg.seed)
 
-        self.data = TrainData.open(data_path, cfg, self.placement)
+        # a resumed transfer run trains with the normalisation it started with, as its checkpoint holds it
+        saved = preprocess_of(self.resume_ckpt) if self.resume_ckpt is not None and self.init_info else None
+        self.data = TrainData.open(data_path, cfg, self.placement, source=source, source_norm=init_norm == "source",
+                                   preprocess=saved)  # fmt: skip
         self.loader, self.train_tf = self.data.loader, self.data.transform
         self.view_mode = "ten-crop" if cfg.data.ten_crop_eval else "flip" if cfg.data.flip_eval else "center"
         self.eval_views = eval_views(self.data.preprocess, self.device, self.view_mode)
@@ -150,14 +165,39 @@ class Trainer:
         self.model = build_model(cfg, self.data.train)  # stays the grouped, single-device model
         if self.resume_ckpt is not None:
             self.model.load_state_dict(self.resume_ckpt["state_dict"])
+        elif source is not None:
+            loaded, fresh = load_matching(self.model, source.state_dict)
+            self.init_info.update(loaded=len(loaded), fresh=fresh,
+                                  fresh_layers=describe_fresh(self.model, source.state_dict, fresh))  # fmt: skip
+        self.frozen = freeze(self.model, cfg.freeze) if cfg.freeze else []
         self.net = self.placement.place(self.model)
 
-        self.optimizer = make_optimizer(self.net.parameters(), cfg.optim)
+        groups = param_groups(self.net, self.init_info.get("fresh", []), cfg.optim.head_lr_mult)
+        if groups is not None and self.placement.kind == "two-tower":
+            raise ConfigError("freeze and optim.head_lr_mult are not supported with --model-parallel")
+        self.optimizer = make_optimizer(groups or self.net.parameters(), cfg.optim)
         self.schedule = Schedule(cfg.optim, len(self.loader), cfg.epochs)
         self.state = TrainState()
         if self.resume_ckpt is not None:
             self._restore(self.resume_ckpt)
         self.net = self.placement.wrap(self.net, cfg.compile)
+
+    def _init_source(self, init: str | os.PathLike[str] | None, init_norm: str) -> InitSource | None:
+        """The source of a transfer run (its settings adapted into self.cfg); a resumed run's record of it."""
+        self.init_info: dict[str, Any] = {}
+        if self.resume_ckpt is not None:
+            if init is not None:
+                raise ConfigError("--init starts a run from a trained net; --resume continues one from its own weights")
+            self.init_info = dict((self.resume_ckpt.get("train_state") or {}).get("init") or {})
+            return None
+        if init_norm not in NORMALISATIONS:
+            raise ConfigError(f"init_norm must be one of {', '.join(NORMALISATIONS)}, got {init_norm!r}")
+        if init is None:
+            return None
+        source = InitSource.load(init)
+        self.cfg = source.adapt(self.cfg)
+        self.init_info = {"source": str(init), "arch": source.arch, "normalisation": init_norm}
+        return source
 
     def _resume_point(self, cfg: TrainConfig, data: Path, resume: bool) -> tuple[TrainConfig, Path, dict[str, Any] | None]:
         """(settings, data, checkpoint) to start from: the given ones, or those saved in RUN/last.pt."""
@@ -196,6 +236,7 @@ class Trainer:
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "world_size": self.dist.world_size,
+            "init": self.init_info or None,
         }
         ckpt = make_checkpoint(self.model, state_dict=self.placement.state_dict(unwrap(self.net)),
                                class_names=self.data.train.class_names, preprocess=self.data.preprocess,
@@ -249,11 +290,15 @@ class Trainer:
             note = emulated_bf16_note(cfg.precision, self.device)
             if note:
                 print(f"note: {note}", file=sys.stderr, flush=True)
+            if self.init_info and self.resume_ckpt is None:
+                print(self.init_line(), file=sys.stderr, flush=True)
             run.enable_tensorboard()
             if self.resume_ckpt is None:
                 precision = {"requested": self.requested_precision, "resolved": cfg.precision}
-                run.write_config(cfg.to_dict(), {"data_path": str(self.data.path)}, str(self.device),
-                                 env_extra={"precision": precision})  # fmt: skip
+                extra: dict[str, Any] = {"precision": precision}
+                if self.init_info:
+                    extra["init"] = self.init_info
+                run.write_config(cfg.to_dict(), {"data_path": str(self.data.path)}, str(self.device), env_extra=extra)
                 run.log({"event": "start", "step": 0})
             else:
                 run.truncate_metrics(self.state.step)
@@ -275,6 +320,17 @@ class Trainer:
         return (f"{verb} {cfg.model.arch} on {where}: precision {cfg.precision}{why}, {layout}, batch {cfg.batch_size}, "
                 f"{cfg.epochs} epochs ({steps:,} steps)")
 
+    def init_line(self) -> str:
+        """What a transfer run took from its source, what starts afresh, what is frozen."""
+        info, total = self.init_info, len(self.model.state_dict())
+        line = (f"init from {info['source']} ({info['arch']}): {info['loaded']} of {total} tensors loaded; "
+                f"from the init: {info['fresh_layers']}; normalisation: {info['normalisation']}'s")
+        if self.cfg.freeze:
+            line += f"; frozen through {self.cfg.freeze}"
+        if self.cfg.optim.head_lr_mult != 1.0 and info["fresh"]:
+            line += f"; new layers at {self.cfg.optim.head_lr_mult:g}x the lr"
+        return line
+
     def _fit(self) -> dict[str, Any]:
         cfg, st = self.cfg, self.state
         bar = None
@@ -286,6 +342,7 @@ class Trainer:
         stop = False
         while st.epoch < cfg.epochs and not stop:
             self.net.train()
+            hold_eval(self.model, self.frozen)
             for images, labels in self.loader.epoch_batches(st.epoch, start=st.batch):
                 interval.add(*self.step(images, labels), labels.numel())
                 if bar is not None:

@@ -92,7 +92,7 @@ def _one_pass(params: list[Tensor], grads: list[Tensor], vels: list[Tensor]) -> 
     return kernels.load() is not None
 
 
-def make_optimizer(params: Iterable[Tensor], cfg: OptimConfig) -> torch.optim.Optimizer:
+def make_optimizer(params: Iterable[Tensor] | Iterable[dict[str, Any]], cfg: OptimConfig) -> torch.optim.Optimizer:
     if cfg.name == "paper-sgd":
         return PaperSGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(
@@ -160,5 +160,6 @@ class Schedule:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's lr on every group, times the group's `lr_mult` (the new layers of a transfer run)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_mult", 1.0)
