@@ -79,6 +79,22 @@ def test_init_loads_every_matching_weight_bit_exactly_and_names_the_new_ones(sou
     assert "Initialised from" in (tmp_path / "cli" / "report.md").read_text()
 
 
+def test_an_output_layer_of_the_same_shape_for_other_classes_starts_afresh(source, cifar_small_tree, tmp_path):
+    """Ten other classes fit fc8's shape, not its meaning: fc8 is from the init; the same ten classes keep it."""
+    src = load_checkpoint(source / "last.pt")
+    renamed = tmp_path / "tree"
+    for split in ("train", "test"):
+        for i, name in enumerate(sorted(p.name for p in (cifar_small_tree / split).iterdir())):
+            (renamed / split).mkdir(parents=True, exist_ok=True)
+            (renamed / split / f"other-{i}").symlink_to(cifar_small_tree / split / name, target_is_directory=True)
+    store = tmp_path / "ds"
+    prepare(str(renamed), store, PrepareOptions(workers=1, progress=False))
+    trainer = Trainer(tiny_cfg("epochs=1"), store, tmp_path / "ft", init=source, progress=False)
+    assert trainer.init_info["fresh"] == ["classifier.fc8.weight", "classifier.fc8.bias"]
+    assert "fc8 (weight: other classes; bias: other classes)" in trainer.init_line()
+    assert not torch.equal(trainer.model.state_dict()["classifier.fc8.weight"], src["state_dict"]["classifier.fc8.weight"])
+
+
 def test_freeze_keeps_the_frozen_layers_bit_equal_and_trains_the_rest(source, store_b, tmp_path):
     src = load_checkpoint(source / "last.pt")["state_dict"]
     train(tiny_cfg("epochs=1", "max_steps=8", "freeze=conv5", "optim.head_lr_mult=10"), store_b, tmp_path / "ft",
@@ -141,6 +157,8 @@ def test_transfer_errors_are_one_line(source, store_b, cifar_small_tree, tmp_pat
     assert "checkpoint not found" in error("--init", str(tmp_path / "nowhere.pt"))
     assert "has no layer 'conv9'; layers: conv1" in error("--init", str(source), "--freeze", "conv9")
     assert "freezing it leaves nothing to train" in error("--init", str(source), "--freeze", "fc8")
+    assert "20 images give no batch of 32" in error(
+        "--init", str(source), "data.train_subset=20")  # a handful of photos and the preset's batch
     small = tmp_path / "small"
     prepare(str(_b_tree(cifar_small_tree, tmp_path / "tree")), small, PrepareOptions(size=24, workers=1, progress=False))
     err = error("--init", str(source), "--data", str(small))

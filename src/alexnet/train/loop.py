@@ -166,7 +166,8 @@ class Trainer:
         if self.resume_ckpt is not None:
             self.model.load_state_dict(self.resume_ckpt["state_dict"])
         elif source is not None:
-            loaded, fresh = load_matching(self.model, source.state_dict)
+            same = list(source.class_names or []) == list(self.data.train.class_names)
+            loaded, fresh = load_matching(self.model, source.state_dict, same_classes=same)
             self.init_info.update(loaded=len(loaded), fresh=fresh,
                                   fresh_layers=describe_fresh(self.model, source.state_dict, fresh))  # fmt: skip
         self.frozen = freeze(self.model, cfg.freeze) if cfg.freeze else []

@@ -2,11 +2,12 @@
 
     source = InitSource.load("runs/cifar-a")        # anything Predictor.load takes
     cfg = source.adapt(cfg)                         # the source's network and crop, the run's recipe
-    loaded, fresh = load_matching(model, source.state_dict)
+    loaded, fresh = load_matching(model, source.state_dict, same_classes=source.class_names == store.class_names)
 
 The network is the source's (its arch and options; `model.options.dropout` is the run's), sized
-for the store's classes. Every weight whose name and shape match is copied; the rest (fc8 when
-the class count differs) keep the init the model was built with, and `describe_fresh` names them.
+for the store's classes. Every weight whose name and shape match is copied, the output layer's only
+for the same classes (names and order); the rest (fc8 for other classes) keep the init the model
+was built with, and `describe_fresh` names them.
 The run feeds the net what the source was trained on: its normalisation (mean image resized to
 the store's images, or channel means and std), its crop; a store whose images are smaller than
 that crop is refused with the `prepare --size` that fixes it (no silent upsampling: a 32 px image
@@ -85,11 +86,19 @@ class InitSource:
         return replace(pp, resize=size, mean_image=mean_image)
 
 
-def load_matching(model: nn.Module, state: dict[str, Tensor]) -> tuple[list[str], list[str]]:
-    """Copy every tensor of `state` whose name and shape match `model`'s; (loaded, fresh) names,
-    fresh being the model's tensors that kept their init."""
+def output_layer(model: nn.Module) -> str:
+    """The module path of the model's last declared layer (fc8): its weights name the classes."""
+    return feature_info(model).layers[-1].module
+
+
+def load_matching(model: nn.Module, state: dict[str, Tensor], *, same_classes: bool = True) -> tuple[list[str], list[str]]:
+    """Copy every tensor of `state` whose name and shape match `model`'s, the output layer's only
+    when the classes are the same (`same_classes`: a 5-class fc8 trained on other classes fits in
+    shape, not in meaning); (loaded, fresh) names, fresh being the model's tensors that kept their init."""
     own = model.state_dict()
-    fit = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    out = output_layer(model) + "."
+    fit = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)
+           and (same_classes or not k.startswith(out))}  # fmt: skip
     if not fit:
         raise ConfigError("the source net shares no weight of the same name and shape with this model")
     model.load_state_dict(fit, strict=False)
@@ -104,7 +113,9 @@ def describe_fresh(model: nn.Module, state: dict[str, Tensor], fresh: list[str])
     layers: dict[str, list[str]] = {}
     for key in fresh:
         module, _, tensor = key.rpartition(".")
-        if key in state:
+        if key in state and tuple(state[key].shape) == tuple(own[key].shape):
+            why = f"{tensor}: other classes"
+        elif key in state:
             why = f"{tensor} {'x'.join(map(str, state[key].shape))} -> {'x'.join(map(str, own[key].shape))}"
         else:
             why = f"{tensor} not in the source"
