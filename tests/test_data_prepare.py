@@ -420,3 +420,47 @@ def test_verify_cli_finds_corrupt_and_missing_files(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["verify", str(tmp_path / "empty")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+# ---------------------------------------------------------------- a prepared dataset as a source: class subsets
+
+
+def test_a_prepared_dataset_is_a_source_for_a_class_subset_at_any_size(tmp_path, capsys):
+    full = tmp_path / "full"
+    prepare("synthetic:classes=4,per_class=6,size=8", full, PrepareOptions(val_fraction=0.5, workers=1, progress=False))
+    whole = open_dataset(full)
+    # two decoding processes: the store's items travel to them as a path and rows
+    assert main(["prepare", str(full), str(tmp_path / "half"), "--classes", "class3,class1", "--workers", "2",
+                 "--no-progress"]) == 0  # fmt: skip
+    assert "store 8x8x3" in capsys.readouterr().out
+    half = open_dataset(tmp_path / "half")
+    assert list(half) == list(whole) == ["train", "val", "test"]
+    for name, split in half.items():
+        keep = np.flatnonzero(np.isin(whole[name].labels, [1, 3]))
+        assert split.class_names == ["class1", "class3"]  # the source's order, renumbered from 0
+        assert np.array_equal(split.labels, (whole[name].labels[keep] == 3).astype(np.int64))
+        assert np.array_equal(split.read(np.arange(len(split))), whole[name].read(keep))  # the pixels as stored
+        assert split.manifest["counts_per_class"] == {"class1": int((split.labels == 0).sum()), "class3": int(split.labels.sum())}
+    # the stats are the subset's own, not the full store's
+    assert not np.allclose(half["train"].stats.mean_image, whole["train"].stats.mean_image)
+    # another size from the same store: the pixels resized, the labels kept
+    assert main(["prepare", str(full), str(tmp_path / "big"), "--size", "16", "--workers", "1", "--no-progress"]) == 0
+    big = open_dataset(tmp_path / "big")
+    assert big["train"].size == 16 and np.array_equal(big["train"].labels, whole["train"].labels)
+    capsys.readouterr()
+    # one line each: an unknown class, the input as its own output
+    assert main(["prepare", str(full), str(tmp_path / "x"), "--classes", "class1,dog", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "'dog' not among the 4 classes" in err and "class0, class1" in err
+    assert main(["prepare", str(full), str(full), "--classes", "class1", "--no-progress"]) == 2
+    assert "is the dataset being read" in capsys.readouterr().err
+
+
+def test_classes_select_from_any_source_by_folder_name(tmp_path):
+    for c in ("ant", "bee", "cat"):
+        for i in range(3):
+            jpeg(tmp_path / "tree" / c / f"{i}.jpg", seed=i)
+    out = prepare(str(tmp_path / "tree"), tmp_path / "o", PrepareOptions(size=16, workers=1, progress=False, classes=("cat", "ant")))
+    train = open_dataset(tmp_path / "o")["train"]
+    assert out["num_classes"] == 2 and train.class_names == ["ant", "cat"] and np.array_equal(train.labels, [0, 0, 0, 1, 1, 1])
+    assert train.manifest["source"]["classes"] == ["ant", "cat"]

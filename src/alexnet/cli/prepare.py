@@ -1,4 +1,4 @@
-"""`alexnet prepare SOURCE OUT [--size 256] [--workers N] [--json]`"""
+"""`alexnet prepare SOURCE OUT [--size 256] [--classes A,B,...] [--workers N] [--json]`"""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ SOURCE_HELP = (
     "ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar, ILSVRC2012_devkit_t12.tar.gz; "
     "a class-per-folder tree, idx files, cifar-10-batches-py), "
     "fashion-mnist[:PATH], cifar10[:PATH] (cifar-10-python.tar.gz or its folder; without PATH: downloaded, "
-    "md5 checked), or synthetic[:classes=10,per_class=50,size=32,channels=3,seed=0]"
+    "md5 checked), synthetic[:classes=10,per_class=50,size=32,channels=3,seed=0], "
+    "or a prepared dataset (read as stored: for --classes or another --size)"
 )
 
 
@@ -30,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float, default=0.0,
                    help="hold out this stratified fraction of train as 'val' (sources without a val split)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the --val-fraction draw")
+    p.add_argument("--classes", type=class_list, default=(), metavar="A,B,...",
+                   help="keep only these classes (folder names, wnids or class names), renumbered in the source's order; "
+                        "SOURCE may be a prepared dataset, e.g. half of CIFAR-10's classes")  # fmt: skip
     p.add_argument("--devkit", default=None,
                    help="ImageNet devkit folder (holds data/ with the val ground truth, meta.mat or meta.txt); "
                         "with the archives, used instead of ILSVRC2012_devkit_t12.tar.gz")  # fmt: skip
@@ -45,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     opts = PrepareOptions(
         size=args.size, channels=args.channels, workers=args.workers, val_fraction=args.val_fraction, seed=args.seed,
-        devkit=args.devkit, synsets=args.synsets, download_dir=args.download_dir, min_side=args.min_side,
+        classes=args.classes, devkit=args.devkit, synsets=args.synsets, download_dir=args.download_dir, min_side=args.min_side,
         overwrite=args.overwrite, progress=not args.no_progress,
     )  # fmt: skip
     result = prepare(args.source, args.out, opts)
@@ -61,6 +65,13 @@ def run(args: argparse.Namespace) -> int:
     if result.get("missing"):
         print(result["missing"])
     return 0
+
+
+def class_list(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(c.strip() for c in text.split(",") if c.strip()))
+    if not names:
+        raise argparse.ArgumentTypeError("give class names separated by commas")
+    return names
 
 
 def size_note(result: dict) -> str:

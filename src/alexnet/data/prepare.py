@@ -56,6 +56,7 @@ class PrepareOptions:
     workers: int = 1
     val_fraction: float = 0.0
     seed: int = 0
+    classes: tuple[str, ...] = ()  # keep only these classes (ids or names); empty: all
     devkit: str | None = None
     synsets: str | None = None
     download_dir: str | None = None
@@ -79,7 +80,9 @@ def prepare(source_spec: str, out: str | os.PathLike[str], options: PrepareOptio
     opts = options or PrepareOptions()
     source = resolve_source(source_spec, val_fraction=opts.val_fraction, seed=opts.seed, devkit=opts.devkit,
                             synsets=opts.synsets, download_dir=opts.download_dir, workers=opts.workers,
-                            progress=opts.progress)  # fmt: skip
+                            progress=opts.progress, classes=list(opts.classes))  # fmt: skip
+    if source.kind == "store" and Path(out).resolve() == Path(source_spec).resolve():
+        raise DataError(f"{out} is the dataset being read: give another OUT")
     sizing = choose_size(source, opts.size, min_side=opts.min_side, workers=opts.workers, progress=opts.progress)
     channels = opts.channels or source.channels or 3
     root = Path(out)

@@ -8,7 +8,11 @@
   fashion-mnist[:PATH]   Debian's /usr/share/datasets/fashion-mnist, PATH, or the upstream download;
   cifar10[:PATH]    CIFAR-10's python batches: PATH (cifar-10-python.tar.gz or the extracted
                     folder), else the official archive downloaded (md5 checked) into the cache;
-  synthetic[:k=v,...]    generated images with class-dependent structure (see arrays.synthetic).
+  synthetic[:k=v,...]    generated images with class-dependent structure (see arrays.synthetic);
+  a prepared dataset (what prepare wrote) is read again as it is stored, for a class subset or
+  another size.
+
+`classes` keeps only those classes (ids or names) in every split, renumbered in the source's order.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ from pathlib import Path
 
 from ..errors import DataError
 from . import arrays, cifar, imagenet, imagenet_archives
-from .sources import Source, class_tree, hold_out
+from .sources import Source, class_tree, hold_out, select_classes
+from .store import is_dataset, store_source
 
 
 def resolve_source(spec: str, *, val_fraction: float = 0.0, seed: int = 0, devkit: str | None = None,
                    synsets: str | None = None, download_dir: str | None = None, workers: int = 1,
-                   progress: bool = True) -> Source:  # fmt: skip
+                   progress: bool = True, classes: list[str] | None = None) -> Source:  # fmt: skip
     """Parse a SOURCE argument into a Source; a missing or empty source is a DataError.
 
     workers: processes for listing archives read in place (ImageNet's inner tars).
@@ -44,7 +49,9 @@ def resolve_source(spec: str, *, val_fraction: float = 0.0, seed: int = 0, devki
             raise DataError(f"source {spec} is a file: give the folder that holds ImageNet's archives ({path.parent})")
         if not path.is_dir():
             raise DataError(f"source {spec} is not a folder (the CIFAR-10 archive is read as cifar10:{spec})")
-        if arrays.find_idx(path) is not None:
+        if is_dataset(path):
+            source = store_source(path)
+        elif arrays.find_idx(path) is not None:
             source = arrays.idx_folder(path)
         elif cifar.find_cifar(path) is not None:
             source = cifar.cifar10(path)
@@ -57,6 +64,8 @@ def resolve_source(spec: str, *, val_fraction: float = 0.0, seed: int = 0, devki
             source = class_tree(path)
     if synsets and source.kind != "imagenet":
         source.class_names = imagenet.names_from_synsets(Path(synsets), source.class_ids)
+    if classes:
+        select_classes(source, classes)
     if val_fraction:
         hold_out(source, val_fraction, seed)
     for split in source.splits.values():

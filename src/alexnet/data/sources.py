@@ -224,6 +224,32 @@ def class_tree(path: Path) -> Source:
     return Source("folder", str(path), classes, list(classes), splits)
 
 
+def select_classes(source: Source, wanted: list[str]) -> None:
+    """Keep only the classes in `wanted` (class ids or names), in the source's own class order,
+    renumbered from 0; every split keeps just their images. An unknown class is a DataError."""
+    index = {**{n: i for i, n in enumerate(source.class_names)}, **{c: i for i, c in enumerate(source.class_ids)}}
+    unknown = [w for w in wanted if w not in index]
+    if unknown:
+        raise DataError(f"--classes: {', '.join(map(repr, unknown[:5]))} not among the {source.num_classes} classes of "
+                        f"{source.spec} ({', '.join(source.class_names[:10])}{', ...' if source.num_classes > 10 else ''})")  # fmt: skip
+    keep = sorted({index[w] for w in wanted})
+    if not keep:
+        raise DataError("--classes names no class")
+    remap = np.full(source.num_classes, -1, np.int64)
+    remap[keep] = np.arange(len(keep))
+    for name, split in source.splits.items():
+        rows = np.flatnonzero(remap[split.labels] >= 0)
+        sub = split.subset(name, rows)
+        sub.labels = remap[sub.labels]
+        source.splits[name] = sub
+    descriptions = source.info.get("class_descriptions")
+    if isinstance(descriptions, list) and len(descriptions) == source.num_classes:
+        source.info["class_descriptions"] = [descriptions[i] for i in keep]
+    source.class_ids = [source.class_ids[i] for i in keep]
+    source.class_names = [source.class_names[i] for i in keep]
+    source.info["classes"] = list(source.class_ids)
+
+
 def hold_out(source: Source, fraction: float, seed: int) -> None:
     """Move a stratified `fraction` of train into a new "val" split (same draw for the same seed)."""
     if not 0.0 < fraction < 1.0:

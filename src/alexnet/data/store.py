@@ -31,6 +31,7 @@ import numpy as np
 from ..errors import DataError
 from ..files import sha256_file
 from ..progress import progress_bar
+from .sources import Items, Source, Split
 from .stats import Stats
 
 FORMAT = "alexnet-store"
@@ -272,6 +273,60 @@ def open_dataset(path: str | os.PathLike[str]) -> dict[str, Store]:
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read {marker}: {exc}") from None
     return {name: Store(root / name) for name in meta["splits"]}
+
+
+class StoreItems(Items):
+    """Images of a prepared split, by row: a store read again as a source (a class subset, another size)."""
+
+    encoded = False
+
+    def __init__(self, path: str, rows: np.ndarray) -> None:
+        self.path, self.rows = path, np.asarray(rows, np.int64)
+        self._store: Store | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # the path and rows, not the mapped store
+        return {"path": self.path, "rows": self.rows}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], state["rows"])  # type: ignore[misc]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def read(self, i: int) -> np.ndarray:
+        if self._store is None:
+            self._store = Store(self.path)
+        return self._store.read(self.rows[i : i + 1])[0]
+
+    def name(self, i: int) -> str:
+        return f"{self.path}:{self.rows[i]}"
+
+    def take(self, idx: Any) -> StoreItems:
+        return StoreItems(self.path, self.rows[idx])
+
+    def fingerprint(self, h: Any) -> None:
+        manifest = json.loads((Path(self.path) / MANIFEST).read_text())
+        h.update(json.dumps([manifest["shards"], manifest["labels"]], sort_keys=True).encode())
+        h.update(self.rows.tobytes())
+
+
+def is_dataset(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is a complete prepared dataset (what `alexnet prepare` wrote)."""
+    return (Path(path) / DATASET).is_file()
+
+
+def store_source(path: str | os.PathLike[str]) -> Source:
+    """A prepared dataset as a source for `prepare`: its splits, classes and pixels as stored, so that
+    a class subset (`--classes`) or another size is one more `alexnet prepare` away."""
+    splits = open_dataset(path)
+    first = next(iter(splits.values()))
+    ids = list(first.manifest.get("class_ids") or first.class_names)
+    info: dict[str, Any] = {"store": str(Path(path).resolve())}
+    if first.manifest.get("class_descriptions"):
+        info["class_descriptions"] = first.manifest["class_descriptions"]
+    return Source("store", str(path), ids, list(first.class_names),
+                  {name: Split(name, st.labels.copy(), StoreItems(str(st.path), np.arange(len(st)))) for name, st in splits.items()},
+                  native_size=first.size, channels=first.channels, info=info)  # fmt: skip
 
 
 def open_split(path: str | os.PathLike[str], split: str | None = None, default: tuple[str, ...] = ("val", "test")) -> Store:
