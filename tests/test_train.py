@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -249,6 +250,10 @@ def test_train_subset_trains_on_a_fixed_balanced_sample(fashion_small, tmp_path)
     labels = open_dataset(fashion_small)["train"].labels
     assert len(trainer.loader) == 100 // 32
     assert set(trainer.loader.indices(0).tolist()) <= set(balanced_subset(labels, 100).tolist())
+    other = Trainer(tiny_cfg("data.train_subset=100", "data.train_subset_seed=1", "epochs=1"), fashion_small,
+                    tmp_path / "run1", progress=False)  # fmt: skip
+    drawn = set(np.concatenate([other.loader.indices(e) for e in range(3)]).tolist())
+    assert drawn <= set(balanced_subset(labels, 100, 1).tolist()) and not drawn <= set(balanced_subset(labels, 100).tolist())
     with pytest.raises(AlexNetError, match="train_subset"):
         Trainer(tiny_cfg(f"data.train_subset={len(labels) + 1}"), fashion_small, tmp_path / "run2", progress=False)
     with pytest.raises(AlexNetError, match="train_subset"):

@@ -46,6 +46,7 @@ class DataConfig:
     ten_crop_eval: bool = False  # validation with the paper's 10 views (slower)
     flip_eval: bool = False  # average the prediction of each image and its mirror at validation
     train_subset: int = 0  # train on a fixed class-balanced sample of this many training images (0: all)
+    train_subset_seed: int = 0  # which sample: the same seed draws the same images (the probe's --per-class too)
 
 
 @dataclass(frozen=True)

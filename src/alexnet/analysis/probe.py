@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data import open_dataset
+from ..data.loader import balanced_subset
 from ..errors import ConfigError, DataError
 from .features import FeatureSet, extract_features, open_features
 
@@ -209,14 +210,13 @@ def _probe(sets: dict[str, FeatureSet], source: str, data: str, layer: str, per_
 
 def _draw(labels: np.ndarray, pool: np.ndarray, per_class: int | None, seed: int, c: int,
           class_names: list[str]) -> np.ndarray:  # fmt: skip
-    """The training rows: all of `pool`, or `per_class` of each class drawn with `seed`."""
+    """The training rows: all of `pool`, or `per_class` of each class drawn with `seed`: the images
+    that `alexnet train data.train_subset=C*N data.train_subset_seed=SEED` trains on, when `pool`
+    is the whole training split."""
     if per_class is None:
         return pool
-    rng = np.random.default_rng(seed)
-    rows = []
     for k in range(c):
-        have = pool[labels[pool] == k]
-        if len(have) < per_class:
-            raise DataError(f"class {class_names[k]!r} has {len(have)} training images, fewer than --per-class {per_class}")
-        rows.append(rng.choice(have, size=per_class, replace=False))
-    return np.sort(np.concatenate(rows))
+        have = int((labels[pool] == k).sum())
+        if have < per_class:
+            raise DataError(f"class {class_names[k]!r} has {have} training images, fewer than --per-class {per_class}")
+    return pool[balanced_subset(labels[pool], per_class * c, seed)]

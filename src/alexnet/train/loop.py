@@ -111,7 +111,7 @@ class TrainData:
         if cfg.data.train_subset:
             if cfg.data.train_subset > len(train):
                 raise ConfigError(f"data.train_subset {cfg.data.train_subset} is larger than the training set ({len(train)})")
-            subset = balanced_subset(train.labels, cfg.data.train_subset)
+            subset = balanced_subset(train.labels, cfg.data.train_subset, cfg.data.train_subset_seed)
         dist = placement.dist
         loader = Loader(train, cfg.batch_size // dist.world_size, shuffle=True, seed=cfg.seed, rank=dist.rank,
                         world_size=dist.world_size, drop_last=True, workers=cfg.data.workers, subset=subset)  # fmt: skip
