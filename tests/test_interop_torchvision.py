@@ -1,7 +1,9 @@
 """torchvision AlexNet weights in: strict keys, torchvision's preprocessing, class names, downloads."""
 
 import hashlib
+import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -127,3 +129,68 @@ def test_imagenet_classes_ship_with_the_package():
     assert names[wnids.index("n02012849")] == "crane (n02012849)"
     assert names[wnids.index("n03126707")] == "crane (n03126707)"
     assert names[wnids.index("n02113186")] == "Cardigan" and names[wnids.index("n02963159")] == "cardigan"
+
+
+def _torchvision_eval(path) -> torch.Tensor:
+    """torchvision's AlexNet_Weights.IMAGENET1K_V1 transform as its code does it: the default image
+    loader (Image.open(...).convert("RGB")), Resize(256) (short side 256, long side truncated,
+    Pillow bilinear), CenterCrop(224) (offsets int(round(...))), ToTensor (/255), Normalize."""
+    from PIL import Image
+
+    img = Image.open(path).convert("RGB")
+    w, h = img.size
+    if min(w, h) != 256:
+        long = int(256 * max(w, h) / min(w, h))
+        img = img.resize((256, long) if w <= h else (long, 256), Image.BILINEAR)
+    w, h = img.size
+    top, left = int(round((h - 224) / 2.0)), int(round((w - 224) / 2.0))
+    img = img.crop((left, top, left + 224, top + 224))
+    x = torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).contiguous().float().div(255)
+    return (x - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+
+
+def _photo(path, w, h, seed, mode="RGB", exif_orientation=None):
+    """A photo-like image: smooth gradients and shapes plus fine noise (what resizing filters differ on)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
+    base = np.stack([np.sin(6 * xx + c) * np.cos(5 * yy - c) for c in range(3)], -1) * 90 + 128
+    img = np.clip(base + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+    pil = Image.fromarray(img).convert(mode)
+    kw = {}
+    if exif_orientation:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        kw["exif"] = exif.tobytes()
+    pil.save(path, quality=90, **kw) if str(path).endswith(".jpg") else pil.save(path)
+    return path
+
+
+def test_imported_torchvision_weights_see_torchvision_eval_transform_exactly(tv_file, tmp_path, capsys):
+    from alexnet.inference import Predictor
+
+    sd, path = tv_file
+    assert main(["import-weights", str(path), "--out", str(tmp_path / "tv.pt")]) == 0
+    predictor = Predictor.load(tmp_path / "tv.pt", device="cpu")
+    assert predictor.preprocess.geometry == "torchvision"
+    photos = [_photo(tmp_path / f"p{i}.jpg", w, h, i) for i, (w, h) in
+              enumerate([(500, 375), (375, 500), (333, 500), (500, 333), (640, 427), (257, 300), (256, 256), (1024, 683)])]  # fmt: skip
+    photos += [_photo(tmp_path / "gray.jpg", 480, 360, 20, mode="L"), _photo(tmp_path / "alpha.png", 300, 451, 21, mode="RGBA"),
+               _photo(tmp_path / "rotated.jpg", 400, 300, 22, exif_orientation=6)]  # torchvision does not rotate  # fmt: skip
+    center = predictor.views("center")
+    for p in photos:
+        want = _torchvision_eval(p)
+        got = center(predictor.read_image(p)[None])[0, 0]
+        torch.testing.assert_close(got, want, rtol=0, atol=2e-6, msg=str(p))
+        with torch.no_grad():
+            torch.testing.assert_close(predictor.model(got[None]), tv_reference_forward(sd, want[None]), rtol=1e-5, atol=1e-4)
+    # `alexnet predict` goes through the same reader: its probabilities are the reference's softmax
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(tmp_path / "tv.pt"), str(photos[0]), "--json", "--topk", "5"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top"]
+    with torch.no_grad():
+        ref = torch.softmax(tv_reference_forward(sd, _torchvision_eval(photos[0])[None]), 1)[0]
+    values, idx = ref.topk(5)
+    assert [t["class"] for t in top] == [predictor.class_names[i] for i in idx.tolist()]
+    assert [t["probability"] for t in top] == pytest.approx(values.tolist(), abs=1e-6)

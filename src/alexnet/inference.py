@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, preprocess_of
 from .data import Store
-from .data.decode import MAX_PIXELS, BadImage, decode_image
+from .data.decode import MAX_PIXELS, BadImage, decode_image, decode_like_torchvision
 from .errors import DataError
 from .models import activations, conv1_weight, feature_info
 from .parallel.model_parallel import parse_devices, split_towers
@@ -113,9 +113,14 @@ class Predictor:
     def read_image(self, source: str | os.PathLike[str] | bytes, *, min_side: int = 1,
                    max_pixels: int = MAX_PIXELS) -> Tensor:  # fmt: skip
         """An image file (or its bytes) -> uint8 (C, S, S) as the store would hold it: short side to
-        `resize`, the central square. BadImage (too small, too large, not an image) or OSError."""
+        `resize`, the central square (with the torchvision geometry: the square around torchvision's
+        own centre crop). BadImage (too small, too large, not an image) or OSError."""
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
-        arr = decode_image(data, self.preprocess.resize, self.preprocess.in_chans, min_side=min_side, max_pixels=max_pixels)
+        pp = self.preprocess
+        if pp.geometry == "torchvision":  # imported torchvision weights: torchvision's own eval transform
+            arr = decode_like_torchvision(data, pp.resize, pp.crop, min_side=min_side, max_pixels=max_pixels)
+        else:
+            arr = decode_image(data, pp.resize, pp.in_chans, min_side=min_side, max_pixels=max_pixels)
         return torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)  # writable: torch warns on read-only
 
     def _batch(self, images: Tensor | np.ndarray) -> Tensor:

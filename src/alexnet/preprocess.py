@@ -32,6 +32,7 @@ from .models import InputConfig, input_config
 from .models.owt import TORCHVISION_INPUT
 
 CHANNEL_ORDERS = ("RGB", "BGR")
+GEOMETRIES = ("square", "torchvision")  # how an image file becomes the resize x resize image (Preprocess)
 VIEWS = ("center", "flip", "ten-crop")
 # A channel whose training pixels never vary has std 0; dividing by it would turn every test
 # pixel that differs from the constant into inf. Such channels are left unscaled (std 1).
@@ -48,7 +49,12 @@ class Preprocess:
     mean, std: per channel, in scaled units, subtracted / divided (std None: not divided);
     channel_order: "RGB" or "BGR" (Caffe's weights want BGR);
     mean_image: (C, resize, resize) in 0-255 units, or None; when present it is subtracted
-    instead of the per-channel mean (the paper's way, section 2).
+    instead of the per-channel mean (the paper's way, section 2);
+    geometry: how an image file becomes the resize x resize image: "square" (short side to
+    `resize`, the central square: what `prepare` stores) or "torchvision" (torchvision's
+    Resize(resize) + CenterCrop(crop) on the image as Pillow decodes it: the whole image
+    resized with its long side truncated, no EXIF rotation, the crop's offset rounded as
+    torchvision does; the square kept is the one whose centre crop is torchvision's).
     """
 
     resize: int = 256
@@ -59,10 +65,15 @@ class Preprocess:
     std: tuple[float, ...] | None = None
     channel_order: str = "RGB"
     mean_image: Tensor | None = field(default=None, compare=False, repr=False)
+    geometry: str = "square"
 
     def __post_init__(self) -> None:
         if self.channel_order not in CHANNEL_ORDERS:
             raise ConfigError(f"channel_order must be one of {CHANNEL_ORDERS}, got {self.channel_order!r}")
+        if self.geometry not in GEOMETRIES:
+            raise ConfigError(f"geometry must be one of {GEOMETRIES}, got {self.geometry!r}")
+        if self.geometry == "torchvision" and (self.resize - self.crop) % 2:
+            raise ConfigError(f"the torchvision geometry needs resize - crop even, got {self.resize} and {self.crop}")
         if self.crop > self.resize or self.crop < 1:
             raise ConfigError(f"crop {self.crop} must be in [1, resize={self.resize}]")
         if len(self.mean) != self.in_chans or (self.std is not None and len(self.std) != self.in_chans):
@@ -215,7 +226,7 @@ class TrainTransform:
 # Published weights and the preprocessing they were trained with.
 # torchvision's AlexNet_Weights.IMAGENET1K_V1: short side 256, centre 224, 0-1, ImageNet mean/std, RGB
 # (alexnet-owt's declared input).
-TORCHVISION = Preprocess.for_input(TORCHVISION_INPUT)
+TORCHVISION = replace(Preprocess.for_input(TORCHVISION_INPUT), geometry="torchvision")
 # Caffe's bvlc_alexnet: 256, crop 227, 0-255 BGR minus the per-channel mean of ilsvrc_2012_mean
 # (B 104.007, G 116.669, R 122.679), the form Caffe's own classification example uses.
 CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)

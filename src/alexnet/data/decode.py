@@ -65,16 +65,17 @@ def _decode_jpeg_fast(data: bytes, size: int, channels: int, min_side: int, max_
     return resize_center_crop(arr, size)
 
 
-def _decode_pillow(data: bytes, size: int, channels: int, min_side: int, max_pixels: int) -> np.ndarray:
-    # Truncated files are errors here (ImageFile.LOAD_TRUNCATED_IMAGES stays False), not grey-filled images.
+def _open_pillow(data: bytes, min_side: int, max_pixels: int, draft: int | None = None) -> Image.Image:
+    """The decoded Pillow image (a JPEG drafted to at least `draft` px when given); every failure a BadImage.
+    Truncated files are errors here (ImageFile.LOAD_TRUNCATED_IMAGES stays False), not grey-filled images."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             w, h = img.size
             _check_dims(w, h, min_side, max_pixels)
-            if img.format == "JPEG":
-                img.draft("RGB" if img.mode != "L" else "L", (size, size))
+            if draft is not None and img.format == "JPEG":
+                img.draft("RGB" if img.mode != "L" else "L", (draft, draft))
             img.load()
     except BadImage:
         raise
@@ -84,10 +85,39 @@ def _decode_pillow(data: bytes, size: int, channels: int, min_side: int, max_pix
         raise BadImage("not an image") from None
     except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
         raise BadImage(f"truncated or corrupt {_fmt(data)}: {exc}") from None
+    return img
+
+
+def _decode_pillow(data: bytes, size: int, channels: int, min_side: int, max_pixels: int) -> np.ndarray:
+    img = _open_pillow(data, min_side, max_pixels, draft=size)
     orientation = _pil_orientation(img)
     arr = _to_uint8(img, channels)
     arr = apply_orientation(arr, orientation)
     return resize_center_crop(arr, size)
+
+
+def decode_like_torchvision(data: bytes, resize: int, crop: int, *, min_side: int = MIN_SIDE,
+                            max_pixels: int = MAX_PIXELS) -> np.ndarray:  # fmt: skip
+    """The (resize, resize, 3) uint8 square whose central `crop` is exactly what torchvision's eval
+    transform feeds a model: Pillow decodes the whole file (no draft scaling, no EXIF rotation)
+    and converts it to RGB (its image loader), Resize(resize) scales the short side to `resize`
+    and the long one to int(resize * long / short) with Pillow's bilinear filter (antialiased),
+    CenterCrop(crop) starts at int(round((side - crop) / 2)). `resize - crop` must be even."""
+    if not data:
+        raise BadImage("empty file")
+    img = _open_pillow(data, min_side, max_pixels)
+    w, h = img.size
+    with warnings.catch_warnings():  # P with transparency: Pillow's warning, torchvision's result
+        warnings.simplefilter("ignore")
+        img = img.convert("RGB")
+    short, long = min(w, h), max(w, h)
+    if short != resize:
+        new_long = int(resize * long / short)
+        img = img.resize((resize, new_long) if w <= h else (new_long, resize), Image.Resampling.BILINEAR)
+    arr = np.asarray(img)
+    margin = (resize - crop) // 2
+    top, left = (int(round((side - crop) / 2.0)) - margin for side in arr.shape[:2])
+    return np.ascontiguousarray(arr[top : top + resize, left : left + resize])
 
 
 def _fmt(data: bytes) -> str:

@@ -77,13 +77,14 @@ class InitSource:
 
     def preprocess_for(self, store: Store) -> Preprocess:
         """The source's normalisation for the store's images: its mean image resized to them, or its
-        channel means and std as they are; its channel order and scale; its crop."""
+        channel means and std as they are; its channel order and scale; its crop. The geometry is the
+        store's (a net trained on store images reads files as prepare does)."""
         pp, size = self.preprocess, store.size
         mean_image = pp.mean_image
         if mean_image is not None and tuple(mean_image.shape[-2:]) != (size, size):
             mean_image = F.interpolate(mean_image[None].float(), size=(size, size), mode="bilinear",
                                        align_corners=False, antialias=size < mean_image.shape[-1])[0]  # fmt: skip
-        return replace(pp, resize=size, mean_image=mean_image)
+        return replace(pp, resize=size, mean_image=mean_image, geometry="square")  # the store's images: prepare's
 
 
 def output_layer(model: nn.Module) -> str:
