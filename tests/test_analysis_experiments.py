@@ -4,6 +4,7 @@ figures and seed-paired numbers; the colourfulness index and precision@k on hand
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from analysis_helpers import make_dataset
 from alexnet.analysis.experiments import (EXPERIMENTS, colourfulness, epochs_to, format_table, precision_at_k,
                                           random_halves, run_experiment, tower_means)  # fmt: skip
 from alexnet.cli import main
+from alexnet.data import open_dataset
 from alexnet.errors import AlexNetError, ConfigError, DataError
 from alexnet.runtime import git_commit
 
@@ -216,3 +218,59 @@ def test_a_failing_worker_is_one_line_naming_its_run(cifar_small, tmp_path):
                        overrides=(*TINY, *TINY_SMALL, "device=cuda"))  # fmt: skip
     with pytest.raises(ConfigError, match="jobs must be >= 1"):
         run_experiment("dropout", cifar_small, tmp_path, seeds=1, jobs=0)
+
+
+def test_transfer_trains_a_on_one_half_and_compares_the_arms_on_the_other(cifar_small, tmp_path, monkeypatch, one_thread):
+    import dataclasses
+
+    from alexnet.analysis import experiments as E
+
+    monkeypatch.setitem(E.EXPERIMENTS, "transfer", dataclasses.replace(
+        E.EXPERIMENTS["transfer"], options={"per_class": (8, 0), "probe_layers": ("pool5", "fc7")}))  # fmt: skip
+    over = ("data.workers=0", *TINY_SMALL)
+    # in workers (the finetune arms get the source's checkpoint through the worker's spec), then again in-process
+    r = run_experiment("transfer", cifar_small, tmp_path, seeds=2, epochs=1, max_steps=2, overrides=over, jobs=2)
+    a, b = E.halves(open_dataset(cifar_small)["train"].class_names)
+    assert r["classes"] == {"A": a, "B": b} == {"A": ["airplane", "automobile", "bird", "cat", "deer"],
+                                                "B": ["dog", "frog", "horse", "ship", "truck"]}  # fmt: skip
+    assert open_dataset(r["source"]["data"])["test"].class_names == a and 0 <= r["source"]["test_accuracy"] <= 1
+    assert list(r["arms"]) == ["scratch", "finetune", "finetune-frozen-conv", "probe-pool5", "probe-fc7"]
+    source_ckpt = str(Path(r["source"]["run"]) / "last.pt")
+    for arm, cells in r["arms"].items():
+        assert list(cells) == ["8", "0"]
+        for n, cell in cells.items():
+            runs = cell["runs"]
+            assert [x["seed"] for x in runs] == ([0, 1] if n == "8" or not arm.startswith("probe") else [0])
+            assert all(0 <= x["test_accuracy"] <= 1 for x in runs)
+            if arm.startswith("probe"):
+                assert all(x["train_images"] == (40 if n == "8" else 720) for x in runs)
+                continue
+            for x in runs:
+                cfg = yaml.safe_load(_config(x["run"]))
+                state = json.loads((Path(x["run"]) / "env.json").read_text())
+                assert (state.get("init") or {}).get("source") == (None if arm == "scratch" else source_ckpt)
+                assert cfg.get("freeze", "") == ("conv5" if arm == "finetune-frozen-conv" else "")
+                # each seed its own 8 a class, at a batch of 8 and the lr scaled with it
+                assert cfg["data"]["train_subset"] == (40 if n == "8" else 0)
+                assert cfg["data"]["train_subset_seed"] == (x["seed"] if n == "8" else 0)
+                assert cfg["batch_size"] == (8 if n == "8" else 128)
+                assert cfg["optim"]["lr"] == pytest.approx({"scratch": 0.05, "finetune": 0.01}[arm.split("-")[0]] * (8 / 128 if n == "8" else 1))
+    table = _table_ok(tmp_path / "transfer", "transfer", r)
+    assert "| from scratch |" in table and "| linear probe on A's fc7 |" in table and "all (144 a class)" in table
+    _png_ok(tmp_path / "transfer" / "plot.png")
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/result.json")}
+    assert len(stamps) == 1 + 3 * 2 * 2  # the source; 3 arms x 2 seeds x 2 sizes
+    again = run_experiment("transfer", cifar_small, tmp_path, seeds=2, epochs=1, max_steps=2, overrides=over)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/result.json")} == stamps  # all reused
+    assert again["arms"] == r["arms"]
+
+
+def test_transfer_needs_a_val_split_and_four_classes(tmp_path):
+    from alexnet.analysis.experiments import halves
+    from alexnet.data.prepare import PrepareOptions, prepare
+
+    prepare("synthetic:classes=4,per_class=4,size=8", tmp_path / "d", PrepareOptions(workers=1, progress=False))
+    with pytest.raises(DataError, match="needs train, val and test splits"):
+        run_experiment("transfer", tmp_path / "d", tmp_path / "out", seeds=1, max_steps=1)
+    with pytest.raises(DataError, match="two halves of 2 or more; the store has 3"):
+        halves(["a", "b", "c"])

@@ -3,6 +3,7 @@ five of them as a store of their own (the A/B split of the transfer experiment, 
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,6 +12,7 @@ from alexnet.cli import main
 from alexnet.config import load_config
 from alexnet.data import open_dataset
 from alexnet.data.prepare import PrepareOptions, prepare
+from alexnet.errors import DataError
 from alexnet.inference import Predictor
 from alexnet.train import Trainer, train
 from alexnet.train.transfer import frozen_part
@@ -191,3 +193,17 @@ def test_probe_command_draws_per_class_subsets_per_seed(source, store_b, tmp_pat
     assert "test accuracy" in capsys.readouterr().out
     assert main(["probe", str(source), "--data", str(store_b), "--layer", "fc9", "--no-progress"]) == 2
     assert "fc9" in capsys.readouterr().err
+
+
+def test_the_probe_trains_on_the_images_train_draws_for_the_same_seed():
+    from alexnet.analysis.probe import _draw
+    from alexnet.data.loader import balanced_subset
+
+    labels = np.random.default_rng(0).integers(0, 5, 600)
+    names = list("abcde")
+    for seed in (0, 1, 2):
+        rows = _draw(labels, np.arange(600), 20, seed, 5, names)
+        assert np.array_equal(rows, balanced_subset(labels, 100, seed))  # train data.train_subset=100 train_subset_seed=SEED
+        assert np.array_equal(np.bincount(labels[rows]), [20] * 5)
+    with pytest.raises(DataError, match="fewer than --per-class 500"):
+        _draw(labels, np.arange(600), 500, 0, 5, names)

@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     lines = "\n".join(f"  {e.name:<13} {e.claim}" for e in EXPERIMENTS.values())
     p = sub.add_parser(
         "experiment",
-        help="the paper's claims (Fig. 1, LRN, pooling, dropout, PCA lighting, depth, Fig. 3, Fig. 4) as seeded experiments",
+        help="the paper's claims (Fig. 1, LRN, pooling, dropout, PCA lighting, depth, Fig. 3, Fig. 4) and transfer as seeded experiments",
         description="Train every arm with seeds 0..N-1 through the real training entry point, evaluate, and write "
         "OUT/NAME/results.json, table.md and figures. Runs live in OUT/runs, shared by experiments that train the "
         "same settings; finished runs are reused, killed ones resumed.\n\n" + lines,

@@ -1,4 +1,5 @@
-"""The paper's claims (sections 3.1, 3.3, 3.4, 4.1, 4.2, 6.1, 7) as seeded experiments on real data.
+"""The paper's claims (sections 3.1, 3.3, 3.4, 4.1, 4.2, 6.1, 7) and the transfer of its features
+(Yosinski et al. 2014) as seeded experiments on real data.
 
 Every arm of every experiment is a real training run (`alexnet.train.train`, the code behind
 `alexnet train`) with seeds 0..n-1; seed s gives every arm the same data order and augmentation,
@@ -26,6 +27,7 @@ from .common import Context, Experiment, Log, epochs_to
 from .fig1 import format_sweep, run_sweep
 from .fig3 import colourfulness, format_towers, random_halves, run_towers, tower_means
 from .fig4 import format_retrieval, precision_at_k, run_retrieval
+from .transfer import format_transfer, halves, run_transfer
 
 CIFAR = "cifar10"  # the preset of issue 2/5
 ABLATION_EPOCHS = 10
@@ -78,10 +80,21 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment("neighbors", "Fig. 4 (6.1): the training images nearest a test image by fc7 distance show its class, "
                "though they are not near it in pixels", "fc7 neighbours same class", CIFAR, (), {"reference": ()},
                epochs=ABLATION_EPOCHS, kind="retrieval", options={"k": 5, "queries": 1000, "bits": (64, 128, 256)}),
+    # Yosinski et al. (2014) at CIFAR-10's scale: the cifar10 preset's net trained on the first half of the classes (A),
+    # then the second half (B) with 10, 100, 1,000 and all labelled images a class; every trained arm 30 epochs (the
+    # finetune preset's length), the source too. transfer.py says how.
+    Experiment("transfer", "6.1 (and Yosinski et al. 2014): features learned on some classes carry to others; with few "
+               "labels, a net trained on A and fine-tuned or probed on B beats training on B from scratch",
+               "transfer wins with few labels", CIFAR, (),
+               {"source": (), "scratch": (), "finetune": (), "finetune-frozen-conv": ("freeze=conv5",)}, epochs=30,
+               kind="transfer", presets={"finetune": "finetune", "finetune-frozen-conv": "finetune"},
+               options={"per_class": (10, 100, 1000, 0), "probe_layers": ("pool5", "fc6", "fc7")}),
 ]}  # fmt: skip
 
-RUNNERS = {"arms": run_arms, "sweep": run_sweep, "towers": run_towers, "retrieval": run_retrieval}
-FORMATS = {"arms": format_arms, "sweep": format_sweep, "towers": format_towers, "retrieval": format_retrieval}
+RUNNERS = {"arms": run_arms, "sweep": run_sweep, "towers": run_towers, "retrieval": run_retrieval,
+           "transfer": run_transfer}  # fmt: skip
+FORMATS = {"arms": format_arms, "sweep": format_sweep, "towers": format_towers, "retrieval": format_retrieval,
+           "transfer": format_transfer}  # fmt: skip
 
 
 def list_experiments() -> list[str]:
@@ -121,5 +134,5 @@ def format_table(results: dict[str, Any]) -> str:
     return FORMATS[get(results["experiment"]).kind](results)
 
 
-__all__ = ["EXPERIMENTS", "Experiment", "colourfulness", "epochs_to", "format_table", "list_experiments",
+__all__ = ["EXPERIMENTS", "Experiment", "colourfulness", "epochs_to", "format_table", "halves", "list_experiments",
            "precision_at_k", "random_halves", "run_experiment", "tower_means"]  # fmt: skip

@@ -60,6 +60,7 @@ class Experiment:
     kind: str = "arms"
     needs_rgb: bool = False
     options: dict[str, Any] = field(default_factory=dict)  # kind-specific: the lr grid, thresholds, ...
+    presets: dict[str, str] = field(default_factory=dict)  # arm -> its own preset, in place of `preset`
 
 
 @dataclass
@@ -80,11 +81,12 @@ class Context:
     jobs: int = 1
     started: float = field(default_factory=time.perf_counter)
     commit: str | None = None  # the code's commit when the experiment started (each run's env.json has its own)
+    init: str | None = None  # every run starts from this trained net (`train --init`): see `on`
 
     @classmethod
     def open(cls, exp: Experiment, data: str | os.PathLike[str], out: str | os.PathLike[str], *, seeds: int,
              epochs: int | None, max_steps: int, overrides: Sequence[str], train_eval: int, progress: bool,
-             log: Log | None, jobs: int = 1) -> Context:  # fmt: skip
+             log: Log | None, jobs: int = 1, init: str | None = None) -> Context:  # fmt: skip
         if seeds < 1:
             raise ConfigError(f"seeds must be >= 1, got {seeds}")
         if jobs < 1:
@@ -97,7 +99,16 @@ class Context:
                             f"{splits['train'].channels}-channel images. Use CIFAR-10: alexnet prepare cifar10 OUT "
                             "(or the JPEG tree: alexnet prepare DIR OUT --val-fraction 0.1)")  # fmt: skip
         return cls(exp, Path(data), Path(out), splits, seeds, epochs or exp.epochs, max_steps, tuple(overrides),
-                   train_eval, progress, log, jobs, commit=git_commit())  # fmt: skip
+                   train_eval, progress, log, jobs, commit=git_commit(), init=init)  # fmt: skip
+
+    def on(self, data: str | os.PathLike[str], init: str | os.PathLike[str] | None = None) -> Context:
+        """The same invocation on another prepared dataset, its runs started from `init` when given
+        (the transfer experiment's halves of one store)."""
+        ctx = Context.open(self.exp, data, self.out, seeds=self.seeds, epochs=self.epochs, max_steps=self.max_steps,
+                           overrides=self.overrides, train_eval=self.train_eval, progress=self.progress, log=self.log,
+                           jobs=self.jobs, init=None if init is None else str(init))  # fmt: skip
+        ctx.started, ctx.commit = self.started, self.commit
+        return ctx
 
     @property
     def train_store(self) -> Store:
@@ -108,13 +119,15 @@ class Context:
         caller's overrides, then ~25 log points per epoch (the training curves) and the seed."""
         items = [*self.exp.base, f"epochs={self.epochs}", f"max_steps={self.max_steps}", f"eval_every={self.epochs}",
                  "checkpoint_every=100000", *self.exp.arms[arm], *extra, *self.overrides]  # fmt: skip
-        probe = load_config(self.exp.preset, None, items)
+        preset = self.exp.presets.get(arm, self.exp.preset)
+        probe = load_config(preset, None, items)
         per_epoch = max(1, (probe.data.train_subset or len(self.train_store)) // probe.batch_size)
-        return load_config(self.exp.preset, None, [*items, f"log_every={max(1, per_epoch // 25)}", f"seed={seed}"])
+        return load_config(preset, None, [*items, f"log_every={max(1, per_epoch // 25)}", f"seed={seed}"])
 
     def run_dir(self, cfg: TrainConfig) -> Path:
-        """The run's folder: named by its settings (those off TrainConfig's defaults) and its data."""
-        key = hashlib.sha256(json.dumps([_changed(cfg), str(self.data.resolve())], sort_keys=True).encode()).hexdigest()
+        """The run's folder: named by its settings (those off TrainConfig's defaults), its data and its init."""
+        ident = [_changed(cfg), str(self.data.resolve())] + ([str(Path(self.init).resolve())] if self.init else [])
+        key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
         return self.out / "runs" / f"{cfg.model.arch}-seed{cfg.seed}-{key[:12]}"
 
     def finished(self, cfg: TrainConfig, measure: bool) -> bool:
@@ -133,28 +146,15 @@ class Context:
         threads, so on a CPU the runs go side by side instead of one after another. With jobs=1
         this does nothing and `run` trains each in turn. A failed worker's run resumes on the next
         invocation; the others finish first."""
-        todo = [job for job in jobs if not self.finished(self.config(job[0], job[1], *job[2]), job[3])]
-        if self.jobs <= 1 or not todo:
-            return
-        threads = max(1, torch.get_num_threads() // self.jobs)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        prefetch([(self, job) for job in jobs])
 
-        def one(job: Job) -> tuple[Job, int]:
-            spec = {"name": self.exp.name, "data": str(self.data), "out": str(self.out), "seeds": self.seeds,
-                    "epochs": self.epochs, "max_steps": self.max_steps, "overrides": list(self.overrides),
-                    "train_eval": self.train_eval, "arm": job[0], "seed": job[1], "extra": list(job[2]),
-                    "measure": job[3], "label": " ".join((job[0], *job[2])), "threads": threads, "log": self.log is not None}  # fmt: skip
-            return job, subprocess.run([sys.executable, "-m", "alexnet.analysis.experiments.worker", json.dumps(spec)],
-                                       env=env).returncode  # fmt: skip
+    def spec(self, job: Job, threads: int) -> dict[str, Any]:
+        """What the worker process needs to open this context and train `job` (worker.py)."""
+        return {"name": self.exp.name, "data": str(self.data), "out": str(self.out), "seeds": self.seeds,
+                "epochs": self.epochs, "max_steps": self.max_steps, "overrides": list(self.overrides),
+                "train_eval": self.train_eval, "arm": job[0], "seed": job[1], "extra": list(job[2]), "measure": job[3],
+                "label": " ".join((job[0], *job[2])), "threads": threads, "log": self.log is not None, "init": self.init}  # fmt: skip
 
-        if self.log:
-            self.log(f"{self.exp.name}: {len(todo)} run(s) to train, {self.jobs} at a time at {threads} thread(s) each")
-        with ThreadPoolExecutor(self.jobs) as pool:
-            failed = [(job, rc) for job, rc in pool.map(one, todo) if rc != 0]
-        if failed:
-            (arm, seed, _, _), rc = failed[0]
-            raise AlexNetError(f"{len(failed)} of {len(todo)} worker run(s) failed, the first {arm!r} seed {seed} with exit "
-                               f"status {rc} (its output is above); run the experiment again to resume them")  # fmt: skip
 
     def run(self, cfg: TrainConfig, label: str, measure: bool = True) -> dict[str, Any]:
         """Train `cfg` (or reuse its finished run) and measure it: the training curve, and with
@@ -170,8 +170,10 @@ class Context:
         if self.log:
             self.log(f"{self.exp.name}: {label}, seed {cfg.seed} ({cfg.epochs} epochs; {run_dir})")
         t0 = time.perf_counter()
+        resume = (run_dir / "last.pt").is_file()
+        init = {"init": self.init} if self.init and not resume else {}  # a resumed run keeps its init's record
         try:
-            fit = train(cfg, self.data, run_dir, resume=(run_dir / "last.pt").is_file(), progress=self.progress)
+            fit = train(cfg, self.data, run_dir, resume=resume, progress=self.progress, **init)
             steps, diverged = fit["step"], False
         except TrainingDiverged:  # a learning rate too high for the net: a result of a sweep, not an error
             steps, diverged = None, True
@@ -203,6 +205,30 @@ class Context:
         if self.train_eval != 10_000:
             parts += ["--train-eval", str(self.train_eval)]
         return shlex.join(parts + (["--set", *self.overrides] if self.overrides else []))
+
+
+def prefetch(work: Sequence[tuple[Context, Job]]) -> None:
+    """`Context.prefetch` for runs of several contexts (one experiment on several datasets) at once."""
+    todo = [(ctx, job) for ctx, job in work if not ctx.finished(ctx.config(job[0], job[1], *job[2]), job[3])]
+    if not todo or todo[0][0].jobs <= 1:
+        return
+    first = todo[0][0]
+    threads = max(1, torch.get_num_threads() // first.jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+    def one(item: tuple[Context, Job]) -> tuple[Job, int]:
+        ctx, job = item
+        return job, subprocess.run([sys.executable, "-m", "alexnet.analysis.experiments.worker",
+                                    json.dumps(ctx.spec(job, threads))], env=env).returncode  # fmt: skip
+
+    if first.log:
+        first.log(f"{first.exp.name}: {len(todo)} run(s) to train, {first.jobs} at a time at {threads} thread(s) each")
+    with ThreadPoolExecutor(first.jobs) as pool:
+        failed = [(job, rc) for job, rc in pool.map(one, todo) if rc != 0]
+    if failed:
+        (arm, seed, _, _), rc = failed[0]
+        raise AlexNetError(f"{len(failed)} of {len(todo)} worker run(s) failed, the first {arm!r} seed {seed} with exit "
+                           f"status {rc} (its output is above); run the experiment again to resume them")  # fmt: skip
 
 
 def _unmeasured(rec: dict[str, Any], measure: bool) -> bool:
@@ -241,7 +267,7 @@ def measure_run(run_dir: Path, splits: dict[str, Store], train_eval: int) -> dic
     views = "ten-crop" if data_cfg.get("ten_crop_eval") else "flip" if data_cfg.get("flip_eval") else "center"
     train_store, test = splits["train"], splits.get("test") or splits["val"]
     subset = data_cfg.get("train_subset", 0)
-    pool = balanced_subset(train_store.labels, subset) if subset else np.arange(len(train_store))
+    pool = balanced_subset(train_store.labels, subset, data_cfg.get("train_subset_seed", 0)) if subset else np.arange(len(train_store))
     sample = np.sort(np.random.default_rng(0).choice(pool, min(train_eval, len(pool)), replace=False))
     out: dict[str, float] = {}
     for key, store, idx, mode in (("test_error", test, np.arange(len(test)), views), ("train_error", train_store, sample, "center")):
@@ -297,8 +323,16 @@ def footer(results: dict[str, Any]) -> str:
     env = results.get("env", {})
     return (f"{results['seeds']} seed(s), {results['epochs']} epoch(s)"
             + (f", at most {results['max_steps']} steps" if results["max_steps"] else "")
-            + f"; {env.get('date', '?')[:10]}, {env.get('processor', '?')} x{env.get('cpu_count', '?')}, "
+            + f"; {env.get('date', '?')[:10]}, {_cpu(env)} x{env.get('cpu_count', '?')}, "
             f"torch {env.get('torch', '?')}, commit {env.get('git_commit', '?')}, {results.get('seconds', 0) / 60:.1f} min.")  # fmt: skip
+
+
+def _cpu(env: dict[str, Any]) -> str:
+    """The CPU of an environment record: model, ISA and whether bf16 is native (older records: the processor)."""
+    cpu = env.get("cpu")
+    if not isinstance(cpu, dict):
+        return str(env.get("processor", "?"))
+    return f"{cpu.get('model', '?')} ({cpu.get('isa', '?')}, {'native' if cpu.get('native_bf16') else 'no native'} bf16)"
 
 
 def write_outputs(out: Path, results: dict[str, Any], table: str) -> None:

@@ -1,8 +1,8 @@
 """One run of an experiment in its own process: what `Context.prefetch` starts for `--jobs N`.
 
 `python -m alexnet.analysis.experiments.worker SPEC` where SPEC is the JSON that `prefetch`
-writes: the experiment's invocation (name, data, out, seeds, epochs, max_steps, overrides,
-train_eval), the run (arm, seed, extra settings, measure, label) and the threads to use. It
+writes (Context.spec): the experiment's invocation (name, data, out, seeds, epochs, max_steps,
+overrides, train_eval, init), the run (arm, seed, extra settings, measure, label) and the threads to use. It
 opens the same Context and calls the same `run`, so the run lands where the runner will look.
 """
 
@@ -33,7 +33,8 @@ def main(argv: list[str]) -> int:
 def _run(spec: dict) -> None:
     ctx = Context.open(get(spec["name"]), spec["data"], spec["out"], seeds=spec["seeds"], epochs=spec["epochs"],
                        max_steps=spec["max_steps"], overrides=spec["overrides"], train_eval=spec["train_eval"],
-                       progress=False, log=(lambda m: print(m, file=sys.stderr, flush=True)) if spec["log"] else None)  # fmt: skip
+                       progress=False, log=(lambda m: print(m, file=sys.stderr, flush=True)) if spec["log"] else None,
+                       init=spec.get("init"))  # fmt: skip
     ctx.run(ctx.config(spec["arm"], spec["seed"], *spec["extra"]), spec["label"], measure=spec["measure"])
 
 
