@@ -258,6 +258,9 @@ def test_transfer_trains_a_on_one_half_and_compares_the_arms_on_the_other(cifar_
     table = _table_ok(tmp_path / "transfer", "transfer", r)
     assert "| from scratch |" in table and "| linear probe on A's fc7 |" in table and "all (144 a class)" in table
     _png_ok(tmp_path / "transfer" / "plot.png")
+    # the probes of every layer and size share one feature cache: each layer's splits extracted once
+    (cache,) = (tmp_path / "transfer" / "features").iterdir()
+    assert sorted(p.name for p in cache.iterdir()) == sorted(f"{l}-flip-{s}" for l in ("pool5", "fc7") for s in ("train", "val", "test"))
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/result.json")}
     assert len(stamps) == 1 + 3 * 2 * 2  # the source; 3 arms x 2 seeds x 2 sizes
     again = run_experiment("transfer", cifar_small, tmp_path, seeds=2, epochs=1, max_steps=2, overrides=over)

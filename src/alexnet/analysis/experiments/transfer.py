@@ -122,9 +122,11 @@ def _probe(ctx: Context, checkpoint: Path, data: Path, layer: str, n: int, views
     if done.is_file():
         return json.loads(done.read_text())
     if ctx.log:
-        ctx.log(f"{ctx.exp.name}: probe of {layer}, {n or 'all'} a class, {ctx.seeds} seed(s)")
-    result = probe(checkpoint, data, layer=layer, per_class=n or None, seeds=ctx.seeds, views=views,
-                   cache=folder / "features" / key[:6], progress=ctx.progress)  # fmt: skip
+        ctx.log(f"{ctx.exp.name}: probe of {layer}, {n or 'all'} a class, {ctx.seeds if n else 1} seed(s)")
+    # one feature cache for every layer and size (the probe checks the checkpoint, store, layer and views)
+    cache = folder / "features" / hashlib.sha256(json.dumps([stamp, str(data.resolve())]).encode()).hexdigest()[:12]
+    result = probe(checkpoint, data, layer=layer, per_class=n or None, seeds=ctx.seeds, views=views, cache=cache,
+                   progress=ctx.progress)  # fmt: skip
     runs = [{"seed": r.seed, "test_accuracy": r.test_accuracy, "seconds": r.seconds, "l2": r.l2,
              "val_accuracy": r.val_accuracy, "train_images": r.train_images} for r in result.results]  # fmt: skip
     done.parent.mkdir(parents=True, exist_ok=True)
@@ -146,6 +148,10 @@ def _acc(s: dict[str, Any]) -> str:
     return f"{100 * s['mean']:.2f}" + (f" +- {100 * s['std']:.2f}%" if s["n"] > 1 else "%")
 
 
+def _seconds(s: float | None) -> str:
+    return f"{s or 0:.1f} s" if (s or 0) < 10 else f"{s:.0f} s"
+
+
 def format_transfer(results: dict[str, Any]) -> str:
     """Test accuracy on B (mean +- sd over seeds) and the mean seconds a run, per arm and labels a class."""
     sizes = results["per_class"]
@@ -157,7 +163,7 @@ def format_transfer(results: dict[str, Any]) -> str:
              f"split ({results['views']} views), mean +- sd over seeds; seconds a run (the probe: its fit, features cached).",
              "", "| arm | " + " | ".join(heads) + " |", "|---|" + "---|" * len(sizes)]  # fmt: skip
     for arm, cells in results["arms"].items():
-        row = [f"{_acc(cells[str(n)]['summary']['test_accuracy'])} ({cells[str(n)]['summary']['seconds']['mean'] or 0:.0f} s)"
+        row = [f"{_acc(cells[str(n)]['summary']['test_accuracy'])} ({_seconds(cells[str(n)]['summary']['seconds']['mean'])})"
                for n in sizes]  # fmt: skip
         lines.append(f"| {_label(arm)} | " + " | ".join(row) + " |")
     return "\n".join([*lines, "", footer(results)])
