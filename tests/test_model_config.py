@@ -76,8 +76,10 @@ def test_options_resolve_the_declared_input():
     assert (conv_local.input_size, conv_local.test_resize) == (24, 32)  # centre 24 of CIFAR's 32, as cuda-convnet tests
     # alexnet-owt declares torchvision's input, exactly the preprocessing its published weights want
     assert Preprocess.for_model(create_model("alexnet-owt")) == TORCHVISION
+    assert input_config(create_model("alexnet-owt")).geometry == "torchvision"  # files read as torchvision does
     grey = input_config(create_model("alexnet-owt", in_chans=1))
     assert grey.in_chans == 1 and grey.mean is None and grey.std is None  # ImageNet's RGB statistics do not apply
+    assert grey.geometry == "square"  # nor torchvision's way of reading RGB files
     with pytest.raises(ConfigError, match="not built by create_model"):
         input_config(torch.nn.Conv2d(3, 4, 3))
     with pytest.raises(ConfigError, match="mean has 2 values for 3 channels"):

@@ -20,7 +20,7 @@ from alexnet.checkpoint import save_checkpoint
 from alexnet.cli import build_parser, main
 from alexnet.config import load_config
 from alexnet.data import open_dataset
-from alexnet.data.decode import decode_image
+from alexnet.data.decode import decode_image, decode_like_torchvision
 from alexnet.interop.caffe import BVLC_MODEL_OPTIONS
 from alexnet.models import create_model
 from alexnet.preprocess import CAFFE_BVLC, TORCHVISION, Preprocess
@@ -230,7 +230,8 @@ def test_every_imported_and_paper_checkpoint_is_served(kind, towers, crop, tmp_p
         assert conv1["shape"][1:] == [55, 55] and len(conv1["images"]) == towers
         # the network's view, mapped back to pixels, is the centre crop of the decoded image
         view = decode_png(c.get(f"/api/view.png?image={x['image']}").content)
-        image = decode_image(data, 256, 3, min_side=1)
+        # (torchvision's weights read files as torchvision does: the square around its own centre crop)
+        image = decode_like_torchvision(data, 256, crop) if kind == "owt" else decode_image(data, 256, 3, min_side=1)
         top = (256 - crop) // 2
         assert view.shape == (crop, crop, 3)
         assert np.abs(view.astype(int) - image[top : top + crop, top : top + crop].astype(int)).max() <= 1

@@ -91,7 +91,7 @@ class Preprocess:
     def for_input(cls, data: InputConfig) -> Preprocess:
         """A model's declared input as a Preprocess: its size and channels, its default normalisation."""
         return cls(resize=data.test_resize, crop=data.input_size, in_chans=data.in_chans, scale=data.scale,
-                   mean=data.mean or (0.0,) * data.in_chans, std=data.std)  # fmt: skip
+                   mean=data.mean or (0.0,) * data.in_chans, std=data.std, geometry=data.geometry)  # fmt: skip
 
     @classmethod
     def for_model(cls, model: nn.Module) -> Preprocess:
@@ -226,7 +226,7 @@ class TrainTransform:
 # Published weights and the preprocessing they were trained with.
 # torchvision's AlexNet_Weights.IMAGENET1K_V1: short side 256, centre 224, 0-1, ImageNet mean/std, RGB
 # (alexnet-owt's declared input).
-TORCHVISION = replace(Preprocess.for_input(TORCHVISION_INPUT), geometry="torchvision")
+TORCHVISION = Preprocess.for_input(TORCHVISION_INPUT)
 # Caffe's bvlc_alexnet: 256, crop 227, 0-255 BGR minus the per-channel mean of ilsvrc_2012_mean
 # (B 104.007, G 116.669, R 122.679), the form Caffe's own classification example uses.
 CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)

@@ -33,9 +33,10 @@ PAPER_LAYERS = (
     ("conv5", "features.11"), ("pool5", "features.12"), ("fc6", "classifier.2"), ("fc7", "classifier.5"),
     ("fc8", "classifier.6"),
 )  # fmt: skip
-# torchvision's AlexNet_Weights.IMAGENET1K_V1 transform: short side 256, centre 224, 0-1, ImageNet mean/std
+# torchvision's AlexNet_Weights.IMAGENET1K_V1 transform: short side 256, centre 224, 0-1, ImageNet mean/std,
+# image files read as torchvision reads them (Preprocess.geometry)
 TORCHVISION_INPUT = InputConfig(input_size=224, in_chans=3, resize=256, scale=1 / 255, mean=IMAGENET_MEAN,
-                                std=IMAGENET_STD)  # fmt: skip
+                                std=IMAGENET_STD, geometry="torchvision")  # fmt: skip
 
 
 class AlexNetOWT(ImageClassifier):

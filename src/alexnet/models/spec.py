@@ -34,7 +34,8 @@ class InputConfig:
     resize: at test time the short side is scaled to this and the central square kept (the
     store image), then its centre `input_size` crop is fed; None: the input size itself (no crop);
     scale: multiplies 0-255 pixels (1/255 gives 0-1);
-    mean, std: per channel in scaled units, subtracted / divided; None: not applied. A model
+    mean, std: per channel in scaled units, subtracted / divided; None: not applied;
+    geometry: how a test image file becomes the resized square (Preprocess.geometry). A model
     trained here gets its store's statistics instead (Preprocess.for_training); these are the
     defaults of a model saved without a preprocess.
     """
@@ -45,6 +46,7 @@ class InputConfig:
     scale: float = 1.0
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    geometry: str = "square"  # how an image file is read (Preprocess.geometry): "torchvision" for its weights
 
     def __post_init__(self) -> None:
         for name in ("mean", "std"):
@@ -74,9 +76,11 @@ class InputConfig:
         for another channel count does not apply: such a model starts unnormalised."""
         size = int(options.get("input_size", self.input_size))
         chans = int(options.get("in_chans", self.in_chans))
+        # another size or channel count is not the transform the geometry was declared for
+        geometry = self.geometry if (size, chans) == (self.input_size, self.in_chans) else "square"
         if chans == self.in_chans:
-            return replace(self, input_size=size)
-        return replace(self, input_size=size, in_chans=chans, mean=None, std=None)
+            return replace(self, input_size=size, geometry=geometry)
+        return replace(self, input_size=size, in_chans=chans, mean=None, std=None, geometry=geometry)
 
 
 @dataclass(frozen=True)
