@@ -149,7 +149,7 @@ def _features(source: str | os.PathLike[str], data: str | os.PathLike[str], spli
     (path and modification time), store, layer and views."""
     dest = root / f"{layer}-{views}-{split}"
     ckpt = Path(source)
-    stamp = _stamp(ckpt)
+    stamp = source_stamp(ckpt)
     if (dest / "meta.json").is_file():
         fs = open_features(dest)
         m = fs.meta
@@ -163,7 +163,7 @@ def _features(source: str | os.PathLike[str], data: str | os.PathLike[str], spli
     return fs
 
 
-def _stamp(path: Path) -> str:
+def source_stamp(path: Path) -> str:
     """The checkpoint file behind `path` (a run folder's best.pt or last.pt) and its mtime."""
     if path.is_dir():
         path = next((path / n for n in ("best.pt", "last.pt") if (path / n).is_file()), path)

@@ -34,7 +34,7 @@ from ...data.prepare import PrepareOptions, prepare
 from ...errors import DataError
 from ...figures import _plt, _save
 from ...files import write_text_atomic
-from ..probe import probe
+from ..probe import probe, source_stamp
 from .common import Context, Job, footer, header, prefetch, summary, write_outputs
 
 TRAINED = ("scratch", "finetune", "finetune-frozen-conv")
@@ -66,25 +66,26 @@ def run_transfer(ctx: Context) -> dict[str, Any]:
         if n > smallest:
             raise DataError(f"{n} training images a class asked; B's smallest class has {smallest}")
     batch = b.config("scratch", 0).batch_size
+    lr = {arm: b.config(arm, 0).optim.lr for arm in TRAINED}
 
     def extra(arm: str, n: int, seed: int) -> tuple[str, ...]:
         """A subset of N a class, drawn by the seed; a batch of N at most, its lr scaled with it (the linear rule)."""
         if not n:
             return ()
-        small = () if n >= batch else (f"batch_size={n}", f"optim.lr={b.config(arm, 0).optim.lr * n / batch:.6g}")
+        small = () if n >= batch else (f"batch_size={n}", f"optim.lr={lr[arm] * n / batch:.6g}")
         return (f"data.train_subset={n * c}", f"data.train_subset_seed={seed}", *small)
 
     seeds = range(ctx.seeds)
     # the source first (the finetune arms wait for it), then the largest runs: fewer idle workers at the end
-    scratch: list[tuple[Context, Job]] = [(b, ("scratch", s, extra("scratch", n, s), True)) for n in sorted(sizes, key=lambda n: -(n or 1e9))
+    largest_first = sorted(sizes, key=lambda n: -(n or smallest))
+    scratch: list[tuple[Context, Job]] = [(b, ("scratch", s, extra("scratch", n, s), True)) for n in largest_first
                                           for s in seeds]  # fmt: skip
     prefetch([(a, ("source", 0, (), True)), *scratch])
     source_cfg = a.config("source", 0)
     source = a.run(source_cfg, "source on A")
     checkpoint = Path(source["run"]) / "last.pt"
     bi = ctx.on(data / "B", init=checkpoint)
-    tuned = [(bi, (arm, s, extra(arm, n, s), True)) for n in sorted(sizes, key=lambda n: -(n or 1e9)) for arm in TRAINED[1:]
-             for s in seeds]  # fmt: skip
+    tuned = [(bi, (arm, s, extra(arm, n, s), True)) for n in largest_first for arm in TRAINED[1:] for s in seeds]
     prefetch(tuned)
 
     arms: dict[str, dict[str, Any]] = {}
@@ -98,7 +99,7 @@ def run_transfer(ctx: Context) -> dict[str, Any]:
     for layer in ctx.exp.options["probe_layers"]:
         arms[f"probe-{layer}"] = {str(n): _cell(_probe(ctx, checkpoint, data / "B", layer, n, views, folder)) for n in sizes}
     results = ctx.finish({"classes": {"A": a_names, "B": b_names}, "per_class": sizes,
-                          "train_images_per_class": int(np.bincount(b.train_store.labels).min()),
+                          "train_images_per_class": smallest,
                           "source": {**source, "test_accuracy": 1 - source["test_error"], "data": str(data / "A")},
                           "views": views, "arms": arms})  # fmt: skip
     write_outputs(folder, results, format_transfer(results))
@@ -116,7 +117,7 @@ def _cell(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _probe(ctx: Context, checkpoint: Path, data: Path, layer: str, n: int, views: str, folder: Path) -> list[dict[str, Any]]:
     """The probe's seeds for one layer and size, kept in folder/probes (reused while the source checkpoint is the same)."""
-    stamp = f"{checkpoint.resolve()}@{checkpoint.stat().st_mtime_ns}"
+    stamp = source_stamp(checkpoint)
     key = hashlib.sha256(json.dumps([stamp, str(data.resolve()), layer, n, views, ctx.seeds]).encode()).hexdigest()[:12]
     done = folder / "probes" / f"{layer}-{n or 'all'}-{key}.json"
     if done.is_file():
